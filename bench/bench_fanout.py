@@ -130,8 +130,8 @@ def main() -> int:
     import pyarrow as pa
     import ray
 
+    from curation.devtools.rehearse import RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
     from curation.engines import OpenAIEngineConfig, last_run_totals, requests_table, run_requests
-    from curation.rehearse import RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
 
     temp_dir = tempfile.mkdtemp(prefix="m1bench-", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)

@@ -3,7 +3,7 @@
     flock /tmp/m1-heavy.lock .venv/bin/python bench/bench_ingest.py [--sizes 196157,2000000] [--workdir /tmp/m1-bench]
 
 For each size, a synthetic pool in the m1 mix (MedQA, MedMCQA, HeadQA, PubMedQA as JSONL; written by
-curation.synth into --workdir, never into the repository) is ingested twice, each in a fresh process:
+curation.devtools.synth into --workdir, never into the repository) is ingested twice, each in a fresh process:
 
 - ray:    IngestStage through the pipeline runner on a local Ray (2 CPUs): parallel parse/validate in
           Ray Data tasks, staged Parquet, the ordered DuckDB pass, questions + rejects written via the run store.
@@ -105,7 +105,7 @@ def run_one(mode: str, pool: Path, run_dir: Path) -> dict[str, Any]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     from curation.config import CurationConfig, IngestOptions
-    from curation.runstore import RunStore
+    from curation.store.runstore import RunStore
 
     cfg = CurationConfig(sources=sources_for(pool), ingest=IngestOptions(m1_shuffle=True))
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -114,8 +114,8 @@ def run_one(mode: str, pool: Path, run_dir: Path) -> dict[str, Any]:
     if mode == "ray":
         import ray
 
-        from curation.ingest import IngestStage
         from curation.pipeline import run_stages
+        from curation.stages.ingest import IngestStage
 
         t0 = time.perf_counter()
         ray.init(
@@ -148,7 +148,7 @@ def run_one(mode: str, pool: Path, run_dir: Path) -> dict[str, Any]:
         result["chunks"] = record["ingest_chunks"]
         ray.shutdown()
     else:
-        from curation.ingest import ingest_in_process
+        from curation.stages.ingest import ingest_in_process
 
         baseline = tree_rss_bytes(os.getpid())
         with PeakSampler() as sampler:
@@ -200,7 +200,7 @@ def main() -> int:
         print(json.dumps(run_one(args.one, Path(args.pool), Path(args.run_dir))))
         return 0
 
-    from curation.synth import generate_pool
+    from curation.devtools.synth import generate_pool
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -77,8 +77,8 @@ def main() -> int:
     import pyarrow as pa
     import ray
 
+    from curation.devtools.rehearse import RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
     from curation.engines import Ledger, OpenAIEngineConfig, requests_table, run_requests
-    from curation.rehearse import RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
 
     ledger_uri = tempfile.mkdtemp(prefix="m1bench-resume-")
     t = time.perf_counter()

@@ -199,7 +199,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="m1bench-model-") as tmp:
         if args.model is None:
-            from curation.tiny_model import build_tiny_model
+            from curation.devtools.tiny_model import build_tiny_model
 
             args.model = str(build_tiny_model(Path(tmp) / "tiny"))
         bare = run_bare_child(args)

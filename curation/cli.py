@@ -27,10 +27,10 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 # Modules that contribute a subcommand through add_parser(subparsers); imported lazily by name so that
 # `m1 sql` does not pay for importing vLLM or transformers.
 PLUGIN_MODULES = {
-    "demo": "curation.demo",
-    "synth": "curation.synth",
-    "rehearse": "curation.rehearse",
-    "tiny-model": "curation.tiny_model",
+    "demo": "curation.devtools.demo",
+    "synth": "curation.devtools.synth",
+    "rehearse": "curation.devtools.rehearse",
+    "tiny-model": "curation.devtools.tiny_model",
     "ledger-import": "curation.engines.importer",
 }
 
@@ -40,18 +40,18 @@ def default_config_path() -> Path:
 
 
 def stage_registry() -> dict[str, Callable[[], Any]]:
-    """Stage name -> factory, in pipeline order."""
-    from curation.ingest import IngestStage
+    """Stage name -> factory, in pipeline order (see curation/stages/__init__.py)."""
+    from curation.stages import stage_registry as registry
 
-    return {"ingest": IngestStage}
+    return registry()
 
 
 # ---- curate ----------------------------------------------------------------------------------------
 def cmd_curate(args: argparse.Namespace) -> int:
-    from curation.catalog import write_catalog
     from curation.config import load_config
     from curation.pipeline import format_funnel, run_stages
-    from curation.runstore import RunStore
+    from curation.store.catalog import write_catalog
+    from curation.store.runstore import RunStore
 
     config_path = Path(args.config) if args.config else default_config_path()
     cfg = load_config(config_path)
@@ -79,8 +79,8 @@ def cmd_curate(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
-    from curation.catalog import connect, write_catalog
-    from curation.runstore import RunStore
+    from curation.store.catalog import connect, write_catalog
+    from curation.store.runstore import RunStore
 
     store = RunStore(args.run_dir, create=False)
     if not store.exists():
@@ -111,7 +111,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 # ---- runs ------------------------------------------------------------------------------------------
 def cmd_runs(args: argparse.Namespace) -> int:
-    from curation.runstore import RunStore
+    from curation.store.runstore import RunStore
 
     root = Path(args.root)
     candidates = (

@@ -73,12 +73,43 @@ class RayOptions(Strict):
     num_cpus: int | None = Field(None, description="CPUs for a local Ray (default: all)")
 
 
+# ---- stage sections: one model per stage, owned by that stage (curation/stages/<stage>.py reads it) -------
+class DedupOptions(Strict):
+    """Exact and near-duplicate removal over the pool (curation/stages/dedup.py)."""
+
+
+class DecontaminateOptions(Strict):
+    """Removal of pool rows that overlap evaluation sets (curation/stages/decontaminate.py)."""
+
+
+class ScoreOptions(Strict):
+    """Difficulty scoring with N scorer models (curation/stages/score.py)."""
+
+
+class TeacherOptions(Strict):
+    """Teacher reasoning with resampling (curation/stages/teacher.py)."""
+
+
+class ClassifyOptions(Strict):
+    """MeSH domain classification (curation/stages/classify.py)."""
+
+
+class SampleOptions(Strict):
+    """Diversity sampling into m1K (curation/stages/sample.py)."""
+
+
 class CurationConfig(Strict):
     name: str = "m1"
     sources: list[SourceConfig] = Field(min_length=1)
     ingest: IngestOptions = Field(default_factory=IngestOptions)
     ray: RayOptions = Field(default_factory=RayOptions)
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    dedup: DedupOptions = Field(default_factory=DedupOptions)
+    decontaminate: DecontaminateOptions = Field(default_factory=DecontaminateOptions)
+    score: ScoreOptions = Field(default_factory=ScoreOptions)
+    teacher: TeacherOptions = Field(default_factory=TeacherOptions)
+    classify: ClassifyOptions = Field(default_factory=ClassifyOptions)
+    sample: SampleOptions = Field(default_factory=SampleOptions)
 
     @field_validator("sources")
     @classmethod

@@ -1,6 +1,6 @@
 """Stages and the runner that executes them in order, with resume and a funnel.
 
-A stage turns input tables into output tables (one stage, one file: see curation/ingest.py). It declares
+A stage turns input tables into output tables (one stage, one file: see curation/stages/ingest.py). It declares
 its inputs, outputs and resources where it is defined, says which slice of the config (plus which input
 files) determines its output (:meth:`Stage.hash_inputs`), and returns row counts. The runner:
 
@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from curation import __version__
 from curation.config import CurationConfig, redacted, stable_hash
-from curation.runstore import RunStore, TableVersion, utc_now
+from curation.store.runstore import RunStore, TableVersion, utc_now
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,6 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random-init Qwen2 model (HF format), built once per session with no network."""
-    from curation.tiny_model import build_tiny_model
+    from curation.devtools.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

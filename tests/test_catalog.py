@@ -12,10 +12,10 @@ import pytest
 from test_runstore import question_rows
 
 import schemas
-from curation.catalog import write_catalog
 from curation.engines.ledger import Ledger
 from curation.engines.request import make_request, response_row, responses_table
-from curation.runstore import RunStore
+from curation.store.catalog import write_catalog
+from curation.store.runstore import RunStore
 
 
 def m1(*args: str) -> subprocess.CompletedProcess:

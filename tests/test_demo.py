@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from curation.engines.ledger import Ledger
-from curation.runstore import RunStore
+from curation.store.runstore import RunStore
 
 
 def m1(*args: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from curation.devtools.rehearse import RehearsalConfig, RehearsalServer
 from curation.engines import (
     CostEstimate,
     EngineConfig,
@@ -27,7 +28,6 @@ from curation.engines.cost import estimate, format_info
 from curation.engines.importer import import_responses, render
 from curation.engines.ratelimit import estimate_prompt_tokens
 from curation.engines.vllm_engine import VLLMEngineConfig
-from curation.rehearse import RehearsalConfig, RehearsalServer
 
 MODEL = "deepseek-reasoner"
 TEMPLATE = "Return your final response within \\boxed{}. {prompt}"

@@ -15,10 +15,10 @@ import schemas
 from curation import readers
 from curation.config import CurationConfig, IngestOptions, SourceConfig, load_config
 from curation.formats import get_parser, pubmedqa_split_indices
-from curation.ingest import IngestError, IngestStage, ingest_in_process
 from curation.pipeline import StageContext, run_stages
 from curation.prompt import qid, render_m1_prompt
-from curation.runstore import RunStore
+from curation.stages.ingest import IngestError, IngestStage, ingest_in_process
+from curation.store.runstore import RunStore
 
 INGESTED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 PACKAGE = Path(__file__).resolve().parents[1] / "curation"
@@ -311,7 +311,7 @@ def test_synth_pool_counts_and_known_duplicates(tmp_path: Path) -> None:
 
 
 def test_synth_parquet_and_determinism(tmp_path: Path) -> None:
-    from curation.synth import generate_pool
+    from curation.devtools.synth import generate_pool
 
     a = generate_pool(tmp_path / "a", 1200, seed=5, parquet=True)
     b = generate_pool(tmp_path / "b", 1200, seed=5, parquet=True, workers=2)

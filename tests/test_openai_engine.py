@@ -22,10 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
 from curation.engines import Ledger, OpenAIEngineConfig, make_request, requests_table, run_requests
 from curation.engines.config import Price
 from curation.engines.openai_engine import backoff_s, parse_body, retry_after_s, scrub, send_local
-from curation.rehearse import FaultRates, RehearsalConfig, RehearsalServer
 
 TRANSPORTS = ["openai-sdk", "aiohttp"]
 MODEL = "deepseek-reasoner"

@@ -10,7 +10,7 @@ import pytest
 import schemas
 from curation.config import CurationConfig
 from curation.pipeline import Stage, StageContext, StageResult, format_funnel, run_stages
-from curation.runstore import RunStore
+from curation.store.runstore import RunStore
 
 
 class CountingStage(Stage):

@@ -143,7 +143,7 @@ def _window_sum(stamps: list[float], weights: list[float], window: float) -> flo
 
 @pytest.fixture(scope="module")
 def fast_server() -> Iterator[str]:
-    from curation.rehearse import RehearsalConfig, RehearsalServer
+    from curation.devtools.rehearse import RehearsalConfig, RehearsalServer
 
     server = RehearsalServer(RehearsalConfig(latency_ms=10, latency_jitter_ms=0, reasoning_tokens_mean=20))
     yield server.start()

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from curation.rehearse import (
+from curation.devtools.rehearse import (
     FAULT_KINDS,
     FaultRates,
     PoolIndex,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import schemas
-from curation.runstore import RunStore
+from curation.store.runstore import RunStore
 
 
 def question_rows(n: int, prefix: str = "q") -> pa.Table:

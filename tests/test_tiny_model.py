@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from curation import tiny_model
-from curation.tiny_model import build_tiny_model, builtin_corpus, sample_pool_corpus
+from curation.devtools import tiny_model
+from curation.devtools.tiny_model import build_tiny_model, builtin_corpus, sample_pool_corpus
 
 SMALL_CORPUS = [
     f"Patient {i} has {d} treated with {m}." for i in range(40) for d, m in [("asthma", "albuterol")]

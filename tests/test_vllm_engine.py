@@ -153,7 +153,7 @@ def test_two_models_in_one_pipeline(
     """Two engines (two models, two actor pools) feeding one Dataset, running side by side."""
     import ray.data
 
-    from curation.tiny_model import build_tiny_model
+    from curation.devtools.tiny_model import build_tiny_model
 
     other_model = build_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), seed=1)
     prompts = [f"Which of the following {i}" for i in range(6)]

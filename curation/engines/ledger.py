@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import schemas
-from curation.runstore import resolve
+from curation.store.runstore import resolve
 
 SHARD_GLOB_SUFFIX = ".parquet"
 

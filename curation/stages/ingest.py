@@ -51,7 +51,7 @@ from curation.formats import (
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.prompt import LABELS, new_shuffle_rng, qid
 from curation.readers import ChunkSpec, IngestError, fingerprint, plan_source, read_chunk
-from curation.runstore import TableVersion
+from curation.store.runstore import TableVersion
 
 __all__ = [
     "IngestError",

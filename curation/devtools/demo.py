@@ -47,7 +47,7 @@ def _difficulty_requests(questions: Any, model: str, max_tokens: int) -> Any:
 
 def run_demo(run_dir: str, *, n_questions: int, llm: bool = True, dry_run: bool = False) -> int:
     from curation.cli import main as m1_main
-    from curation.runstore import RunStore
+    from curation.store.runstore import RunStore
 
     code = m1_main(["curate", "--run-dir", run_dir])
     if code:
@@ -94,12 +94,17 @@ def run_engines(run_dir: str, *, n_questions: int, dry_run: bool = False) -> Non
     """
     from curation.cli import default_config_path
     from curation.config import load_config
+    from curation.devtools.rehearse import (
+        FaultRates,
+        RehearsalConfig,
+        spawn_rehearsal_server,
+        stop_rehearsal_server,
+    )
+    from curation.devtools.tiny_model import build_tiny_model
     from curation.engines import run_requests
     from curation.engines.vllm_engine import VLLMEngineConfig
     from curation.pipeline import ensure_ray
-    from curation.rehearse import FaultRates, RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
-    from curation.runstore import RunStore
-    from curation.tiny_model import build_tiny_model
+    from curation.store.runstore import RunStore
 
     store = RunStore(run_dir)
     questions = store.read_table("questions").sort_by([("qid", "ascending"), ("source", "ascending")])

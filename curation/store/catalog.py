@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 import schemas
-from curation.runstore import RunStore
+from curation.store.runstore import RunStore
 
 CATALOG_FILE = "catalog.duckdb"
 

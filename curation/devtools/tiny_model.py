@@ -37,7 +37,7 @@ MAX_POSITIONS = 16384
 QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 NOTE = (
-    "This is a TINY RANDOM-INIT model built by curation.tiny_model. It produces nonsense: its weights are "
+    "This is a TINY RANDOM-INIT model built by curation.devtools.tiny_model. It produces nonsense: its weights are "
     "random and it knows no medicine. It exists only to exercise the real machinery (tokenizer, chat template, "
     "transformers, vLLM, Ray Train) offline; use a real model (e.g. Qwen/Qwen2.5-7B-Instruct) for real data."
 )
@@ -198,7 +198,7 @@ def _json_rows(path: Path) -> list[Any]:
 
 def sample_pool_corpus(pool_dir: Path | None = None, max_chars: int = 4_000_000) -> list[str]:
     """Text of the shipped sample pool files (JSONL or Parquet), in a stable order; empty if none ship."""
-    pool_dir = pool_dir or Path(__file__).parent / "sample_pool"
+    pool_dir = pool_dir or Path(__file__).parent.parent / "sample_pool"
     if not pool_dir.is_dir():
         return []
     texts: list[str] = []
@@ -318,7 +318,7 @@ def build_tiny_model(
     (out / "README.md").write_text(
         "# Tiny random-init Qwen2 model (nonsense)\n\n"
         f"{NOTE}\n\n"
-        f"Built by `m1 tiny-model` (curation/tiny_model.py) with vocab_size={actual_vocab}, seed={seed}: "
+        f"Built by `m1 tiny-model` (curation/devtools/tiny_model.py) with vocab_size={actual_vocab}, seed={seed}: "
         f"hidden {HIDDEN_SIZE}, {NUM_LAYERS} layers, {NUM_HEADS} heads (head_dim {HEAD_DIM}), "
         f"{NUM_KV_HEADS} KV head, {MAX_POSITIONS} positions.\n",
         encoding="utf-8",

@@ -5,7 +5,7 @@ resume all behave as they would against DeepSeek-R1 or a hosted Qwen, but every 
 as slow as configured) and deterministic. The demo uses it as the teacher; the tests use it for every fault.
 
     m1 rehearse --pool runs/demo/questions --latency-ms 200 --fault rate_limit=0.05
-    python -m curation.rehearse --config rehearse.yaml
+    python -m curation.devtools.rehearse --config rehearse.yaml
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /stats``
 (``?summary=1`` leaves out the per-request dicts), ``POST /stats/reset``, ``GET /health``.
@@ -1077,9 +1077,17 @@ def spawn_rehearsal_server(
         json.dump(cfg.to_json_dict(), f)
     log = Path(log_path) if log_path is not None else workdir / "rehearse.log"
     env = dict(os.environ)
-    project_root = str(Path(__file__).resolve().parents[1])
+    project_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
-    cmd = [python, "-m", "curation.rehearse", "--config", str(config_path), "--ready-file", str(ready_path)]
+    cmd = [
+        python,
+        "-m",
+        "curation.devtools.rehearse",
+        "--config",
+        str(config_path),
+        "--ready-file",
+        str(ready_path),
+    ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
@@ -1223,7 +1231,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m curation.rehearse", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m curation.devtools.rehearse", description=__doc__.split("\n\n")[0]
+    )
     _add_options(parser)
     return _cli(parser.parse_args(list(argv) if argv is not None else None))
 

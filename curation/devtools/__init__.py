@@ -1,0 +1,1 @@
+"""Developer tools that are not the pipeline: synthetic pools, the rehearsal server, the tiny model, the demo."""
