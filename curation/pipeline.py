@@ -75,6 +75,10 @@ class Stage(ABC):
     outputs: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
 
+    def enabled(self, cfg: CurationConfig) -> bool:
+        """Whether the config asks for this stage (a stage with no config section of its own is skipped)."""
+        return True
+
     @abstractmethod
     def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
         """Everything besides input tables that determines this stage's output (config slice, file hashes)."""
@@ -149,6 +153,9 @@ def run_stages(
 
     records = []
     for stage in stages:
+        if not stage.enabled(cfg):
+            log(f"[{stage.name}] not configured; skipping")
+            continue
         own_inputs = stage.hash_inputs(cfg)
         input_hash = stage_hash(stage, own_inputs, store)
         if not force and is_complete(stage, store, input_hash):
