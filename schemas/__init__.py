@@ -10,14 +10,25 @@ import pyarrow as pa
 
 from schemas.base import SchemaError, TableSchema
 from schemas.llm import REQUESTS, RESPONSES
+from schemas.llm_stages import CURATED, DIFFICULTY, SCORES, TRACES
 from schemas.questions import QUESTIONS, REJECTS
 
-REGISTRY: dict[str, TableSchema] = {t.name: t for t in (QUESTIONS, REJECTS, REQUESTS, RESPONSES)}
+REGISTRY: dict[str, TableSchema] = {
+    t.name: t
+    for t in (
+        QUESTIONS,
+        REJECTS,
+        REQUESTS,
+        RESPONSES,
+        SCORES,
+        DIFFICULTY,
+        TRACES,
+        CURATED,
+    )
+}
 
 # Names reserved for the tables of later stages; documented here so nobody reuses them for something else.
 RESERVED: dict[str, str] = {
-    "scores": "difficulty scoring: one row per (qid, scorer model) with the extracted answer and correctness",
-    "traces": "teacher reasoning: one row per qid with reasoning, answer text, finish_reason, validation result",
     "dedup": "MinHash near-duplicate and decontamination decisions: qid, cluster id, kept/dropped, matched id",
     "mesh_qualifiers": "the 76 MeSH qualifiers parsed from NLM's XML: code, name, scope note",
     "mesh_labels": "MeSH classification of each question: qid, code, raw model output, attempts",
