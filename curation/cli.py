@@ -32,6 +32,7 @@ PLUGIN_MODULES = {
     "rehearse": "curation.devtools.rehearse",
     "tiny-model": "curation.devtools.tiny_model",
     "ledger-import": "curation.engines.importer",
+    "export": "curation.store.export",
 }
 
 
@@ -64,7 +65,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     stages = [registry[name]() for name in registry if name in wanted]
     store = RunStore(args.run_dir)
     print(f"m1 curate: config {config_path} -> run {store.location('')}")
-    records = run_stages(stages, cfg, store, force=args.force)
+    records = run_stages(stages, cfg, store, force=args.force, dry_run=args.dry_run)
     catalog = write_catalog(store)
     print("\nfunnel:")
     print(format_funnel(records))
@@ -157,6 +158,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="run directory (local path or s3://... URI)")
     p.add_argument("--stages", help="comma-separated subset of stages to run")
     p.add_argument("--force", action="store_true", help="rerun stages even if complete for this config")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the free stages, then print the plan and projected cost of the LLM stages; send nothing",
+    )
     p.set_defaults(func=cmd_curate)
 
     p = sub.add_parser("sql", help="query a run's tables with DuckDB")

@@ -82,12 +82,62 @@ class DecontaminateOptions(Strict):
     """Removal of pool rows that overlap evaluation sets (curation/stages/decontaminate.py)."""
 
 
+# m1's difficulty and teacher prompt: user-only, the boxed instruction, then the rendered question.
+M1_BOXED_PREFIX = "Return your final response within \\boxed{}. "
+
+
+class ScorerOptions(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="scorer name, used in the scores table")
+    engine: str = Field(description="name of an engine in the `engines` section")
+    model: str | None = Field(None, description="model name sent to an openai engine that names none itself")
+    samples: int = Field(1, ge=1, description="k samples per question")
+    temperature: float = Field(0.0, ge=0.0)
+    max_tokens: int = Field(4000, gt=0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+
+
 class ScoreOptions(Strict):
     """Difficulty scoring with N scorer models (curation/stages/score.py)."""
+
+    scorers: list[ScorerOptions] = Field(default_factory=list, description="empty: no scoring stage")
+    prompt_prefix: str = Field(M1_BOXED_PREFIX, description="text before the rendered question (m1's)")
+    prompt_suffix: str = ""
+    system_prompt: str | None = Field(None, description="None: user-only messages, as m1")
+    rule: Literal["all_wrong", "pass_rate"] = Field(
+        "all_wrong", description="all_wrong: hard iff every scorer is wrong (m1); pass_rate: pass rate <= max"
+    )
+    max_pass_rate: float = Field(0.0, ge=0.0, le=1.0, description="pass_rate rule: hard iff rate <= this")
+
+    @field_validator("scorers")
+    @classmethod
+    def _unique_scorers(cls, scorers: list[ScorerOptions]) -> list[ScorerOptions]:
+        names = [s.name for s in scorers]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"scorer names must be unique; repeated: {dups}")
+        return scorers
 
 
 class TeacherOptions(Strict):
     """Teacher reasoning with resampling (curation/stages/teacher.py)."""
+
+    engine: str | None = Field(None, description="name of an engine in `engines`; None: no teacher stage")
+    model: str | None = Field(None, description="model name sent to an openai engine that names none itself")
+    select: list[Literal["hard", "easy", "undecided"]] = Field(
+        default_factory=lambda: ["hard"], description="which difficulty decisions get traces (m1: hard)"
+    )
+    max_attempts: int = Field(1, ge=1, description="tries per question until a validated-correct trace (m1: 1)")
+    max_tokens: int = Field(8000, gt=0, description="m1: 8,000 for DeepSeek-R1")
+    temperature: float | None = Field(None, ge=0.0, description="None: the engine's default (R1 ignores it)")
+    prompt_prefix: str = Field(M1_BOXED_PREFIX, description="text before the rendered question")
+    prompt_suffix: str = ""
+    system_prompt: str | None = None
+    rehearse: dict[str, Any] | None = Field(
+        None,
+        description="play the teacher with the rehearsal server (started and stopped by the stage) with these "
+        "settings (see `m1 rehearse`); for demos and rehearsals, never for a real dataset",
+    )
 
 
 class ClassifyOptions(Strict):

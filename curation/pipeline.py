@@ -87,6 +87,13 @@ class Stage(ABC):
     def run(self, ctx: StageContext) -> StageResult:
         """Compute the outputs; write them with ``ctx.store`` but do not commit."""
 
+    # Stages that pay for LLM requests say so; a dry run stops before the first of them and asks each for its plan.
+    sends_requests: ClassVar[bool] = False
+
+    def plan(self, ctx: StageContext) -> str:
+        """What this stage would send and cost (dry runs); called instead of :meth:`run`."""
+        return "free (runs locally after the stages before it)"
+
 
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, if it is one."""
@@ -140,9 +147,14 @@ def run_stages(
     store: RunStore,
     *,
     force: bool = False,
+    dry_run: bool = False,
     log: Any = print,
 ) -> list[dict[str, Any]]:
-    """Run ``stages`` in order with resume; returns the stage records (the funnel)."""
+    """Run ``stages`` in order with resume; returns the stage records (the funnel).
+
+    ``dry_run``: run the free stages up to the first one that sends LLM requests, then print the plan and the
+    projected cost of every stage from there on, and send nothing.
+    """
     manifest = store.manifest
     manifest["config"] = redacted(cfg)
     manifest["config_hash"] = stable_hash(manifest["config"])
@@ -152,6 +164,7 @@ def run_stages(
     store.save_manifest()
 
     records = []
+    planning = False  # dry run: a stage that sends requests was reached; later stages are only planned
     for stage in stages:
         if not stage.enabled(cfg):
             log(f"[{stage.name}] not configured; skipping")
@@ -164,6 +177,12 @@ def run_stages(
             records.append(record)
             continue
         ensure_ray(cfg)
+        if dry_run and (planning or stage.sends_requests):
+            planning = True
+            log(
+                f"[{stage.name}] dry run: {stage.plan(StageContext(store=store, config=cfg, input_hash=input_hash))}"
+            )
+            continue
         log(f"[{stage.name}] running")
         started, t0 = utc_now(), time.perf_counter()
         try:

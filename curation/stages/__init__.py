@@ -15,6 +15,9 @@ from typing import Any
 # (stage name, "module:Class"), in pipeline order. Stages always run in this order.
 PIPELINE: list[tuple[str, str]] = [
     ("ingest", "curation.stages.ingest:IngestStage"),
+    ("score", "curation.stages.score:ScoreStage"),
+    ("teacher", "curation.stages.teacher:TeacherStage"),
+    ("curate", "curation.stages.curate:CurateStage"),
 ]
 
 

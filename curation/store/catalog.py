@@ -5,6 +5,7 @@ Views (names are table names with '/' -> '_'):
   rejects                           all stages' rejects together
   ledger                            the pay-once LLM response ledger (all shards)
   stages                            the funnel: one row per stage record in the manifest
+  lineage                           one row per pool question: dropped by which stage and why, kept, or pending
 
 ``RUN_DIR/catalog.duckdb`` holds the same views (absolute paths), rebuilt after every commit and every
 ``m1 sql``, so any DuckDB client can open it.
@@ -101,12 +102,50 @@ def create_views(con: duckdb.DuckDBPyConnection, store: RunStore) -> list[str]:
         _empty_table(con, "ledger", schemas.get("responses").schema)
     names.append("ledger")
 
+    if store.has_table("questions"):
+        con.execute(lineage_sql(set(store.tables())))
+        names.append("lineage")
+
     tmp = f"_stages_{uuid.uuid4().hex[:8]}"
     con.register(tmp, _stages_table(store))
     con.execute(f'CREATE OR REPLACE TABLE stages AS SELECT * FROM "{tmp}"')
     con.unregister(tmp)
     names.append("stages")
     return names
+
+
+def lineage_sql(tables: set[str]) -> str:
+    """The `lineage` view: one row per pool question, with the stage that dropped it and why, or how far it got.
+
+    Stages after ingest reject a question with ``source_ref`` = its qid, so the rejects of every stage join back
+    to the pool; a question that reached the last table of the run (m23k, else curated) is ``kept``; one that no
+    stage has decided about yet (a later stage not run) is ``pending``. The counts add up to the pool.
+    """
+    final = next((t for t in ("m23k", "curated") if t in tables), None)
+    dropped = [view_name(t) for t in sorted(tables) if t.startswith("rejects/") and t != "rejects/ingest"]
+    drops = (
+        " UNION ALL BY NAME ".join(
+            f'SELECT stage, source, source_ref, reason, detail FROM "{v}"' for v in dropped
+        )
+        if dropped
+        else "SELECT NULL::VARCHAR AS stage, NULL::VARCHAR AS source, NULL::VARCHAR AS source_ref, "
+        "NULL::VARCHAR AS reason, NULL::VARCHAR AS detail WHERE false"
+    )
+    kept = f'LEFT JOIN (SELECT DISTINCT source, qid FROM "{final}") k USING (source, qid)' if final else ""
+    kept_test = "k.qid IS NOT NULL" if final else "false"
+    return f"""
+CREATE OR REPLACE VIEW lineage AS
+SELECT q.source, q.qid,
+       CASE WHEN d.stage IS NOT NULL THEN 'dropped' WHEN {kept_test} THEN 'kept' ELSE 'pending' END AS status,
+       coalesce(d.stage, {_quote(final or "")}) AS stage,
+       d.reason, d.detail
+FROM questions q
+LEFT JOIN (
+    SELECT stage, source, source_ref AS qid, reason, detail FROM ({drops})
+    QUALIFY row_number() OVER (PARTITION BY source, source_ref ORDER BY stage) = 1
+) d USING (source, qid)
+{kept}
+"""
 
 
 def connect(store: RunStore) -> duckdb.DuckDBPyConnection:

@@ -1,0 +1,85 @@
+"""The curated table: validated questions -> m1's released m23K records (plus qid, attempt, model, pool order).
+
+For every question with an accepted teacher trace, the first accepted attempt becomes one record:
+``prompt``, ``answer_idx`` / ``answer_letter`` / ``answer_string`` (the key), ``reasoning`` and
+``distilled_answer_string`` (the teacher's), ``source``, ``metadata`` (the raw source row) and ``text``,
+the SFT example in m1's format (:func:`curation.rules.traces.sft_text`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from curation.config import CurationConfig
+from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.rules.traces import sft_text
+from curation.stages.llm import question_source_table
+
+STAGE = "curate"
+
+_CURATED_SQL = """
+SELECT q.answer_label AS answer_idx, q.source, q.metadata, q.prompt, q.answer_label AS answer_letter,
+       q.answer_text AS answer_string, t.reasoning, t.answer AS distilled_answer_string,
+       q.qid, {pool_index} AS pool_index, t.attempt, t.model, t.request_id
+FROM q JOIN (
+    SELECT * FROM traces WHERE accepted QUALIFY row_number() OVER (PARTITION BY source, qid ORDER BY attempt) = 1
+) t USING (source, qid)
+ORDER BY {order}
+"""
+
+
+def with_text(batch: pa.Table) -> pa.Table:
+    texts = [
+        sft_text(prompt, reasoning or "", answer or "")
+        for prompt, reasoning, answer in zip(
+            batch.column("prompt").to_pylist(),
+            batch.column("reasoning").to_pylist(),
+            batch.column("distilled_answer_string").to_pylist(),
+            strict=True,
+        )
+    ]
+    return batch.append_column("text", pa.array(texts, pa.string()))
+
+
+class CurateStage(Stage):
+    """traces (accepted attempts) + questions -> curated."""
+
+    name: ClassVar[str] = STAGE
+    inputs: ClassVar[tuple[str, ...]] = ("questions", "candidates", "traces")
+    outputs: ClassVar[tuple[str, ...]] = ("curated",)
+    resources: ClassVar[Resources] = Resources(cpus=1.0)
+    batch_rows: ClassVar[int] = 8192
+
+    def enabled(self, cfg: CurationConfig) -> bool:
+        return cfg.teacher.engine is not None
+
+    def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
+        return {}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import duckdb
+
+        store = ctx.store
+        con = duckdb.connect()
+        source = store.dataset(question_source_table(store))
+        con.register("q", source)
+        con.register("traces", store.dataset("traces"))
+        has_index = "pool_index" in source.schema.names
+        sql = _CURATED_SQL.format(
+            pool_index="q.pool_index" if has_index else "CAST(NULL AS BIGINT)",
+            order="q.pool_index" if has_index else "q.source, q.qid",
+        )
+        validated = con.execute("SELECT count(DISTINCT (source, qid)) FROM traces WHERE accepted").fetchall()[
+            0
+        ][0]
+
+        def records() -> Iterator[pa.Table]:
+            for batch in con.sql(sql).to_arrow_reader(self.batch_rows):
+                yield with_text(pa.Table.from_batches([batch]))
+
+        curated = store.write_table("curated", records())
+        con.close()
+        return StageResult(outputs=[curated], rows_in=validated, rows_out=curated.rows)

@@ -1,0 +1,49 @@
+"""What the LLM stages share: which engine a stage's setting names, and how a question becomes a chat request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from curation.config import ConfigError, CurationConfig
+
+
+def engine_for(cfg: CurationConfig, engine_name: str, model: str | None, *, where: str) -> tuple[Any, str]:
+    """The validated engine named ``engine_name`` and the model name its requests carry."""
+    if engine_name not in cfg.engines:
+        raise ConfigError(
+            f"{where}: no engine named {engine_name!r} in `engines`; defined: {sorted(cfg.engines)}"
+        )
+    engine = cfg.engine(engine_name)
+    request_model = getattr(engine, "model", None) or model
+    if not request_model:
+        raise ConfigError(
+            f"{where}: engine {engine_name!r} names no model; set `model:` on the engine or in {where}"
+        )
+    return engine, request_model
+
+
+def chat_messages(prompt: str, *, prefix: str, suffix: str, system: str | None) -> list[dict[str, str]]:
+    """m1's request shape: a user message with the instruction prefix and the rendered question."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": f"{prefix}{prompt}{suffix}"})
+    return messages
+
+
+def options_of(options: list[dict[str, str]]) -> dict[str, str]:
+    """The questions table's options list as a label -> text mapping (what curation.answers takes)."""
+    return {o["label"]: o["text"] for o in options}
+
+
+def question_source_table(store: Any) -> str:
+    """The table a scoring or teacher stage reads: dedup's `candidates` when the run has it, else `questions`."""
+    return "candidates" if store.has_table("candidates") else "questions"
+
+
+def iter_question_batches(store: Any, columns: list[str], batch_size: int = 8192) -> Any:
+    """Batches of the stage's question table with ``columns`` (streamed; never the whole table at once)."""
+    dataset = store.dataset(question_source_table(store))
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
+        if batch.num_rows:
+            yield pa.Table.from_batches([batch])

@@ -1,0 +1,290 @@
+"""Teacher reasoning: hard questions -> traces (one row per attempt) -> validated questions.
+
+1. Every hard question (``difficulty.decision = 'hard'``) is sent to the teacher (DeepSeek-R1 in the m1 preset,
+   any OpenAI-compatible endpoint, or vLLM actors for open reasoning models) with m1's prompt.
+2. The reasoning is R1's ``reasoning_content``, or the text inside ``<think>...</think>`` for models that write
+   it inline; the answer is the rest. :func:`curation.rules.traces.judge_attempt` judges it: only a complete
+   answer naming the key is accepted (a ``length``-truncated trace never is).
+3. Resampling: a question without an accepted trace is asked again, up to ``max_attempts`` tries. Attempt
+   ``a > 1`` carries ``_attempt=a`` in its request id (never sent to the API), so it is a new request and not
+   the ledger's copy of the first try, and a rerun never pays again for an attempt already made.
+
+Outputs: ``traces`` (every attempt, with its finish_reason and cost) and ``rejects/teacher`` (hard questions
+with no accepted trace, by the last attempt's outcome). Validated questions go on to ``curate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+import schemas
+from curation.config import CurationConfig
+from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.rules.traces import judge_attempt, split_reasoning
+from curation.stages.llm import chat_messages, engine_for, options_of, question_source_table
+
+STAGE = "teacher"
+KEY_SEP = "|"
+
+_HARD_SQL = """
+SELECT q.source, q.qid, q.prompt FROM q JOIN difficulty d USING (source, qid)
+WHERE d.decision = 'hard' ORDER BY q.source, q.qid
+"""
+
+_JOIN_SQL = """
+SELECT q.source, q.qid, r.attempt, r.request_id, r.model, r.engine, r.text, r.reasoning, r.finish_reason,
+       r.prompt_tokens, r.completion_tokens, r.cost_usd, r.error, r.cached, q.options, q.answer_label
+FROM (
+    SELECT *, split_part(key, '|', 1) AS source, split_part(key, '|', 2) AS qid,
+           CAST(split_part(key, '|', 3) AS INTEGER) AS attempt
+    FROM responses
+) r JOIN q USING (source, qid)
+ORDER BY q.source, q.qid
+"""
+
+
+def attempt_requests(batch: pa.Table, attempt: int, model: str, options: Any) -> pa.Table:
+    """Teacher requests for one attempt over a batch of questions, keyed source|qid|attempt."""
+    from curation.engines.request import make_request, requests_table
+
+    params: dict[str, Any] = {"max_tokens": options.max_tokens}
+    if options.temperature is not None:
+        params["temperature"] = options.temperature
+    if attempt > 1:
+        params["_attempt"] = attempt  # part of the request id, stripped before sending
+    rows = [
+        make_request(
+            KEY_SEP.join((source, qid, str(attempt))),
+            model,
+            messages=chat_messages(
+                prompt,
+                prefix=options.prompt_prefix,
+                suffix=options.prompt_suffix,
+                system=options.system_prompt,
+            ),
+            **params,
+        )
+        for source, qid, prompt in zip(
+            batch.column("source").to_pylist(),
+            batch.column("qid").to_pylist(),
+            batch.column("prompt").to_pylist(),
+            strict=True,
+        )
+    ]
+    return requests_table(rows)
+
+
+def trace_rows(batch: pa.Table) -> pa.Table:
+    """Responses joined to their question -> `traces` rows, each attempt judged."""
+    cols: dict[str, list[Any]] = {
+        k: [] for k in ("reasoning", "answer", "extracted_label", "extraction", "outcome", "accepted")
+    }
+    for text, reasoning_content, finish, error, options, key in zip(
+        batch.column("text").to_pylist(),
+        batch.column("reasoning").to_pylist(),
+        batch.column("finish_reason").to_pylist(),
+        batch.column("error").to_pylist(),
+        batch.column("options").to_pylist(),
+        batch.column("answer_label").to_pylist(),
+        strict=True,
+    ):
+        reasoning, answer = split_reasoning(text, reasoning_content)
+        verdict = judge_attempt(
+            answer, finish_reason=finish, error=error, options=options_of(options), answer_label=key
+        )
+        cols["reasoning"].append(reasoning)
+        cols["answer"].append(answer)
+        cols["extracted_label"].append(verdict.label)
+        cols["extraction"].append(verdict.how)
+        cols["outcome"].append(verdict.outcome)
+        cols["accepted"].append(verdict.accepted)
+    table = batch.drop_columns(["text", "reasoning", "options", "answer_label"])
+    for name, values in cols.items():
+        table = table.append_column(name, pa.array(values))
+    return table
+
+
+_REJECTS_SQL = f"""
+SELECT '{STAGE}' AS stage, source, qid AS source_ref,
+       CASE outcome WHEN 'wrong' THEN 'teacher_wrong' WHEN 'invalid' THEN 'teacher_invalid'
+                    WHEN 'truncated' THEN 'truncated' WHEN 'filtered' THEN 'content_filter'
+                    ELSE 'api_error' END AS reason,
+       'after ' || attempts || ' attempt(s); last: ' || extraction AS detail,
+       coalesce(answer, '') AS raw
+FROM (
+    SELECT source, qid, count(*) AS attempts, bool_or(accepted) AS ok,
+           arg_max(outcome, attempt) AS outcome, arg_max(extraction, attempt) AS extraction,
+           arg_max(answer, attempt) AS answer
+    FROM traces GROUP BY ALL
+) WHERE NOT ok ORDER BY source, qid
+"""
+
+
+@contextlib.contextmanager
+def rehearsed_engine(engine: Any, settings: dict[str, Any] | None, pool: str) -> Iterator[Any]:
+    """The engine as configured, or pointed at a rehearsal server this stage starts and stops."""
+    if settings is None:
+        yield engine
+        return
+    from curation.devtools.rehearse import RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
+
+    proc, base_url = spawn_rehearsal_server(RehearsalConfig(**{"pool": pool, **settings}))
+    print(
+        f"[{STAGE}] REHEARSAL: the teacher is the rehearsal server at {base_url} (no model, canned answers)"
+    )
+    try:
+        yield engine.model_copy(update={"base_url": base_url, "api_key_env": None})
+    finally:
+        stop_rehearsal_server(proc)
+
+
+class TeacherStage(Stage):
+    """hard questions -> traces (every attempt) and rejects/teacher (no accepted trace after max_attempts)."""
+
+    name: ClassVar[str] = STAGE
+    inputs: ClassVar[tuple[str, ...]] = ("questions", "candidates", "difficulty")
+    outputs: ClassVar[tuple[str, ...]] = ("traces", "rejects/teacher")
+    resources: ClassVar[Resources] = Resources(cpus=1.0)
+    batch_rows: ClassVar[int] = 8192
+
+    sends_requests: ClassVar[bool] = True
+    # m1's funnel: 37,816 of 192,023 deduplicated questions were hard; a dry run before scoring assumes as much.
+    m1_hard_fraction: ClassVar[float] = 37_816 / 192_023
+
+    def enabled(self, cfg: CurationConfig) -> bool:
+        return cfg.teacher.engine is not None
+
+    def plan(self, ctx: StageContext) -> str:
+        import duckdb
+
+        from curation.engines import run_requests
+
+        cfg, store = ctx.config, ctx.store
+        assert cfg.teacher.engine is not None
+        engine, model = engine_for(cfg, cfg.teacher.engine, cfg.teacher.model, where="teacher")
+        con = duckdb.connect()
+        con.register("q", store.dataset(question_source_table(store)))
+        if store.has_table("difficulty"):
+            con.register("difficulty", store.dataset("difficulty"))
+            sql, scale, basis = _HARD_SQL, 1.0, "the hard questions of the difficulty table"
+        else:
+            sql = "SELECT source, qid, prompt FROM q ORDER BY source, qid"
+            scale = self.m1_hard_fraction
+            basis = f"not scored yet: assuming m1's hard share of {scale:.1%}"
+        batches = [
+            attempt_requests(pa.Table.from_batches([b]), 1, model, cfg.teacher)
+            for b in con.sql(sql).to_arrow_reader(self.batch_rows)
+        ]
+        con.close()
+        if not batches:
+            return "no questions for the teacher"
+        est = run_requests(pa.concat_tables(batches), engine, ledger_uri=store.ledger_uri, dry_run=True)
+        if est.cost_expected is None or est.cost_high is None:
+            cost = "no price configured"
+        else:
+            cost = (
+                f"expected ${est.cost_expected * scale:,.2f} for first attempts "
+                f"(at most ${est.cost_high * scale * cfg.teacher.max_attempts:,.2f} with every attempt)"
+            )
+        return (
+            f"~{round(est.n_to_send * scale):,} questions ({basis}), up to {cfg.teacher.max_attempts} "
+            f"attempt(s) each; {cost}"
+        )
+
+    def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
+        return {
+            "teacher": cfg.teacher.model_dump(mode="json"),
+            "engine": cfg.engines.get(cfg.teacher.engine or ""),
+        }
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import duckdb
+
+        cfg, store = ctx.config, ctx.store
+        options = cfg.teacher
+        assert options.engine is not None
+        engine, model = engine_for(cfg, options.engine, options.model, where="teacher")
+        source_table = question_source_table(store)
+        if not store.has_table("difficulty"):
+            raise RuntimeError("teacher: the run has no `difficulty` table; configure `score:` scorers first")
+        con = duckdb.connect()
+        con.register("q", store.dataset(source_table))
+        con.register("difficulty", store.dataset("difficulty"))
+        hard = con.execute("SELECT count(*) FROM difficulty WHERE decision = 'hard'").fetchall()[0][0]
+        accepted: set[tuple[str, str]] = set()
+        scratch = store.scratch_dir("teacher-responses")
+
+        with rehearsed_engine(engine, options.rehearse, store.table_location(source_table)) as live_engine:
+
+            def attempts() -> Iterator[pa.Table]:
+                for attempt in range(1, options.max_attempts + 1):
+                    yield from self._attempt(
+                        con, store, scratch, attempt, accepted, live_engine, model, options
+                    )
+
+            traces = store.write_table("traces", attempts())
+        con.register("traces", store.dataset_at(traces.path))
+        rejects = store.write_table("rejects/teacher", con.sql(_REJECTS_SQL).to_arrow_table())
+        con.register("rejects", store.dataset_at(rejects.path))
+        by_reason = dict(con.sql("SELECT reason, count(*) FROM rejects GROUP BY ALL ORDER BY 1").fetchall())
+        totals = con.execute(
+            "SELECT count(*), count(*) FILTER (NOT cached), coalesce(sum(cost_usd), 0), "
+            "count(*) FILTER (outcome = 'truncated') FROM traces"
+        ).fetchall()[0]
+        con.close()
+        print(
+            f"[{STAGE}] {hard} hard questions, {len(accepted)} validated; {totals[0]} attempts "
+            f"({totals[1]} sent, {totals[0] - totals[1]} from the ledger), {totals[3]} truncated, "
+            f"${totals[2]:.4f}"
+        )
+        return StageResult(
+            outputs=[traces, rejects],
+            rows_in=hard,
+            rows_out=len(accepted),
+            rows_rejected=rejects.rows,
+            rejected_by_reason=by_reason,
+            details={"teacher_attempts": totals[0], "teacher_cost_usd": round(totals[2], 6)},
+        )
+
+    def _attempt(
+        self,
+        con: Any,
+        store: Any,
+        scratch: str,
+        attempt: int,
+        accepted: set[tuple[str, str]],
+        engine: Any,
+        model: str,
+        options: Any,
+    ) -> Iterator[pa.Table]:
+        """Send one attempt for every hard question still without an accepted trace; yield the judged rows."""
+        from curation.engines import run_requests
+
+        batches = []
+        for batch in con.sql(_HARD_SQL).to_arrow_reader(self.batch_rows):
+            table = pa.Table.from_batches([batch])
+            keep = [
+                (s, q) not in accepted
+                for s, q in zip(table["source"].to_pylist(), table["qid"].to_pylist(), strict=True)
+            ]
+            table = table.filter(pa.array(keep, pa.bool_()))
+            if table.num_rows:
+                batches.append(attempt_requests(table, attempt, model, options))
+        if not batches:
+            return
+        requests = pa.concat_tables(batches)
+        print(f"[{STAGE}] attempt {attempt}: {requests.num_rows} requests to {model}")
+        responses = run_requests(requests, engine, ledger_uri=store.ledger_uri)
+        rel = f"{scratch}/attempt-{attempt}"
+        responses.write_parquet(store.path(rel), filesystem=store.fs)
+        files = store.dataset_at(rel)
+        con.register("responses", files if files.files else schemas.get("responses").schema.empty_table())
+        for batch in con.sql(_JOIN_SQL).to_arrow_reader(self.batch_rows):
+            judged = trace_rows(pa.Table.from_batches([batch]))
+            ok = judged.filter(judged.column("accepted"))
+            accepted.update(zip(ok["source"].to_pylist(), ok["qid"].to_pylist(), strict=True))
+            yield judged

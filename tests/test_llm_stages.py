@@ -1,0 +1,245 @@
+"""The LLM stages: difficulty rules on hand-made tallies, teacher judgement, and score -> teacher -> curate end to
+end against the rehearsal server (a real OpenAI-compatible HTTP server on loopback, faults injected)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from curation.config import CurationConfig
+from curation.rules.difficulty import Tally, decide
+from curation.rules.traces import ANSWER_MARKER, THINK_MARKER, assistant_text, judge_attempt, sft_text
+
+POOL = Path(__file__).resolve().parents[1] / "curation" / "sample_pool"
+OPTIONS = {"A": "Cobra", "B": "Viper", "C": "Cobalt", "D": "Krait"}
+
+
+# ---- the hard / easy rule -----------------------------------------------------------------------------
+def test_m1_rule_is_hard_iff_every_scorer_is_wrong() -> None:
+    wrong, right, invalid = Tally(wrong=1), Tally(correct=1), Tally(invalid=1)
+    assert decide({"qwen7b": wrong, "qwen32b": wrong}).decision == "hard"
+    assert (
+        decide({"qwen7b": wrong, "qwen32b": invalid}).decision == "hard"
+    )  # an unreadable answer is not right
+    verdict = decide({"qwen7b": wrong, "qwen32b": right})
+    assert verdict.decision == "easy" and verdict.rule == "all_wrong: correct by qwen32b"
+    assert verdict.pass_rates == {"qwen32b": 1.0, "qwen7b": 0.0} and verdict.pass_rate == 0.5
+
+
+def test_a_failed_scorer_request_makes_the_question_undecided_never_easy_or_hard() -> None:
+    verdict = decide({"qwen7b": Tally(correct=1), "qwen32b": Tally(error=1)})
+    assert verdict.decision == "undecided"
+    assert "1 request(s) failed" in verdict.rule and "qwen32b" in verdict.rule
+    assert decide({"qwen7b": Tally(wrong=1), "qwen32b": Tally(error=1)}).decision == "undecided"
+    assert decide({}).decision == "undecided"
+    assert decide({"a": Tally(wrong=3, error=1)}, "pass_rate", 0.5).decision == "undecided"
+
+
+@pytest.mark.parametrize(
+    ("tally", "max_rate", "decision"),
+    [
+        (Tally(correct=1, wrong=3), 0.25, "hard"),  # 0.25 <= 0.25
+        (Tally(correct=2, wrong=2), 0.25, "easy"),
+        (Tally(wrong=4), 0.0, "hard"),
+        (Tally(correct=1, wrong=3), 0.0, "easy"),
+        (Tally(correct=1, invalid=7), 0.125, "hard"),
+    ],
+)
+def test_pass_rate_rule_over_all_samples(tally: Tally, max_rate: float, decision: str) -> None:
+    verdict = decide({"a": tally}, "pass_rate", max_rate)
+    assert verdict.decision == decision
+    assert verdict.rule.startswith("pass_rate: ")
+
+
+def test_pass_rate_pools_samples_of_all_scorers() -> None:
+    verdict = decide({"a": Tally(correct=2, wrong=2), "b": Tally(wrong=4)}, "pass_rate", 0.25)
+    assert verdict.pass_rate == 0.25 and verdict.decision == "hard"
+    assert verdict.pass_rates == {"a": 0.5, "b": 0.0}
+
+
+# ---- teacher judgement ----------------------------------------------------------------------------------
+def test_truncated_filtered_and_failed_traces_are_never_accepted() -> None:
+    good = "The venom is neurotoxic.\n\n**Answer:** \\boxed{D}"
+    assert judge_attempt(good, finish_reason="stop", error=None, options=OPTIONS, answer_label="D").accepted
+    cut = judge_attempt(good, finish_reason="length", error=None, options=OPTIONS, answer_label="D")
+    assert (cut.outcome, cut.accepted) == ("truncated", False)
+    assert judge_attempt(
+        good, finish_reason="content_filter", error=None, options=OPTIONS, answer_label="D"
+    ).outcome == ("filtered")
+    failed = judge_attempt(None, finish_reason=None, error="APIError: 500", options=OPTIONS, answer_label="D")
+    assert (failed.outcome, failed.how) == ("error", "APIError: 500")
+
+
+def test_m1_first_character_bug_does_not_survive() -> None:
+    # m1 counted any answer whose first character is the key's letter: "Cobalt" for C.
+    verdict = judge_attempt(
+        "\\boxed{Cobalt}", finish_reason="stop", error=None, options=OPTIONS, answer_label="A"
+    )
+    assert (verdict.outcome, verdict.label) == ("wrong", "C")
+    verdict = judge_attempt("\\boxed{}", finish_reason="stop", error=None, options=OPTIONS, answer_label="A")
+    assert verdict.outcome == "invalid" and verdict.label is None
+
+
+def test_sft_text_is_m1s_format() -> None:
+    assert assistant_text(" because X. ", "\\boxed{B}") == (
+        f"{THINK_MARKER}\nbecause X.\n{ANSWER_MARKER}\nAnswer: \\boxed{{B}}"
+    )
+    text = sft_text("Q?\nA. a\nB. b", "because X.", "\\boxed{B}")
+    assert text.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
+    assert "<|im_start|>user\nQ?\nA. a\nB. b<|im_end|>\n<|im_start|>assistant\n<|im_start|>think\n" in text
+    assert text.endswith("<|im_start|>answer\nAnswer: \\boxed{B}<|im_end|>")
+
+
+# ---- end to end against the rehearsal server -------------------------------------------------------------
+SCORER_RATES = {"Qwen/Qwen2.5-7B-Instruct": 0.6, "Qwen/Qwen2.5-32B-Instruct": 0.7}
+
+
+def llm_config(base_url: str, *, max_attempts: int = 2) -> dict[str, Any]:
+    def engine(model: str) -> dict[str, Any]:
+        return {
+            "kind": "openai",
+            "base_url": base_url,
+            "model": model,
+            "max_concurrency": 16,
+            "backoff_base_s": 0.01,
+            "backoff_max_s": 0.1,
+            "price": {"input_per_mtok": 0.55, "output_per_mtok": 2.19},
+        }
+
+    return {
+        "name": "llm-stages-test",
+        "sources": [
+            {"name": "medqa", "format": "medqa", "path": str(POOL / "medqa.jsonl")},
+            {"name": "pubmedqa", "format": "pubmedqa", "path": str(POOL / "pubmedqa.jsonl")},
+        ],
+        "ingest": {"m1_shuffle": True},
+        "engines": {
+            "qwen7b": engine("Qwen/Qwen2.5-7B-Instruct"),
+            "qwen32b": engine("Qwen/Qwen2.5-32B-Instruct"),
+            "teacher": engine("deepseek-reasoner"),
+        },
+        "score": {
+            "scorers": [
+                {"name": "qwen7b", "engine": "qwen7b", "max_tokens": 4000},
+                {"name": "qwen32b", "engine": "qwen32b", "max_tokens": 4000},
+            ]
+        },
+        "teacher": {"engine": "teacher", "max_attempts": max_attempts},
+    }
+
+
+def run_pipeline(cfg: CurationConfig, run_dir: Path, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    from curation.pipeline import run_stages
+    from curation.stages import stage_registry
+    from curation.store.runstore import RunStore
+
+    stages = [cls() for cls in stage_registry().values()]
+    records = run_stages(stages, cfg, RunStore(str(run_dir)), log=lambda _m: None, **kwargs)
+    return {r["name"]: r for r in records}
+
+
+@pytest.fixture
+def ingested(ray_local: None, tmp_path: Path) -> tuple[Path, CurationConfig]:
+    run_dir = tmp_path / "run"
+    cfg = CurationConfig.model_validate({**llm_config("http://127.0.0.1:9/v1"), "score": {}, "teacher": {}})
+    run_pipeline(cfg, run_dir)
+    return run_dir, cfg
+
+
+def table(run_dir: Path, name: str) -> Any:
+    from curation.store.runstore import RunStore
+
+    return RunStore(str(run_dir)).read_table(name)
+
+
+def test_score_teacher_curate_end_to_end_with_faults(ingested: tuple[Path, CurationConfig]) -> None:
+    from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
+
+    run_dir, _ = ingested
+    questions = table(run_dir, "questions")
+    server_cfg = RehearsalConfig(
+        pool=str(run_dir / "tables" / "questions"),
+        latency_ms=0,
+        latency_jitter_ms=0,
+        reasoning_tokens_mean=60,
+        model_correct_rates=SCORER_RATES,
+        correct_rate=0.6,
+        faults=FaultRates(rate_limit=0.05, server_error=0.05, malformed_json=0.03),
+        retry_after_s=0.01,
+    )
+    with RehearsalServer(server_cfg) as server:
+        cfg = CurationConfig.model_validate(llm_config(server.url))
+        records = run_pipeline(cfg, run_dir)
+        # A rerun of the same config is a no-op; forcing the LLM stages re-judges from the ledger, paying nothing.
+        before = _served(server)
+        rerun = run_pipeline(cfg, run_dir, force=True)
+        assert _served(server) == before, "a forced rerun sent requests the ledger already answered"
+
+    n = questions.num_rows
+    scores, difficulty = table(run_dir, "scores"), table(run_dir, "difficulty")
+    traces, curated = table(run_dir, "traces"), table(run_dir, "curated")
+    assert scores.num_rows == 2 * n  # every question x 2 scorers x 1 sample, errors included
+    assert Counter(scores.column("scorer").to_pylist()) == {"qwen7b": n, "qwen32b": n}
+    decisions = Counter(difficulty.column("decision").to_pylist())
+    assert sum(decisions.values()) == n
+    assert decisions["hard"] > 0 and decisions["easy"] > 0
+    score_rec, teacher_rec, curate_rec = records["score"], records["teacher"], records["curate"]
+    assert (score_rec["rows_in"], score_rec["rows_out"]) == (n, decisions["hard"])
+    assert teacher_rec["rows_in"] == decisions["hard"]
+    accepted = {(r["source"], r["qid"]) for r in traces.to_pylist() if r["accepted"]}
+    assert teacher_rec["rows_out"] == len(accepted) == curated.num_rows == curate_rec["rows_out"]
+    assert teacher_rec["rows_out"] + teacher_rec["rows_rejected"] == decisions["hard"]
+    # Every hard question got attempt 1; only questions without an accepted first attempt got attempt 2.
+    attempts = Counter(traces.column("attempt").to_pylist())
+    first_ok = {(r["source"], r["qid"]) for r in traces.to_pylist() if r["accepted"] and r["attempt"] == 1}
+    assert attempts[1] == decisions["hard"] and attempts[2] == decisions["hard"] - len(first_ok)
+    assert (
+        len(set(traces.column("request_id").to_pylist())) == traces.num_rows
+    )  # attempts are distinct requests
+    # Curated rows are m1's records of the accepted attempt, judged correct against the key.
+    for row in curated.to_pylist():
+        assert row["answer_idx"] == row["answer_letter"]
+        assert row["reasoning"] and row["distilled_answer_string"]
+        assert row["text"].endswith(f"Answer: {row['distilled_answer_string'].strip()}<|im_end|>")
+    assert rerun["curate"]["rows_out"] == curated.num_rows
+
+
+def _served(server: Any) -> int:
+    return int(server.stats(per_request=False)["requests_total"])
+
+
+def test_undecided_after_errors_never_reaches_the_teacher(ingested: tuple[Path, CurationConfig]) -> None:
+    from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
+
+    run_dir, _ = ingested
+    server_cfg = RehearsalConfig(
+        pool=str(run_dir / "tables" / "questions"),
+        latency_ms=0,
+        latency_jitter_ms=0,
+        reasoning_tokens_mean=40,
+        model_correct_rates={"Qwen/Qwen2.5-7B-Instruct": 0.0, "Qwen/Qwen2.5-32B-Instruct": 0.0},
+        faults=FaultRates(server_error=0.5),
+    )
+    with RehearsalServer(server_cfg) as server:
+        raw = llm_config(server.url)
+        for engine in raw["engines"].values():
+            engine["max_attempts"] = 1  # one try: about half of the scorer requests fail for good
+        records = run_pipeline(CurationConfig.model_validate(raw), run_dir)
+    difficulty = table(run_dir, "difficulty")
+    scores = table(run_dir, "scores")
+    con = duckdb.connect()
+    con.register("scores", scores)
+    con.register("difficulty", difficulty)
+    errored = {r[0] for r in con.sql("SELECT DISTINCT qid FROM scores WHERE outcome = 'error'").fetchall()}
+    undecided = {r[0] for r in con.sql("SELECT qid FROM difficulty WHERE decision = 'undecided'").fetchall()}
+    assert errored and errored == undecided
+    # Both scorers always wrong: every question without an error is hard, and only those reach the teacher.
+    assert records["score"]["rows_out"] == difficulty.num_rows - len(undecided)
+    assert records["score"]["rejected_by_reason"] == {"undecided": len(undecided)}
+    assert records["teacher"]["rows_in"] == records["score"]["rows_out"]
+    sent = set(table(run_dir, "traces").column("qid").to_pylist())
+    assert not sent & undecided
