@@ -124,9 +124,6 @@ class TeacherOptions(Strict):
 
     engine: str | None = Field(None, description="name of an engine in `engines`; None: no teacher stage")
     model: str | None = Field(None, description="model name sent to an openai engine that names none itself")
-    select: list[Literal["hard", "easy", "undecided"]] = Field(
-        default_factory=lambda: ["hard"], description="which difficulty decisions get traces (m1: hard)"
-    )
     max_attempts: int = Field(1, ge=1, description="tries per question until a validated-correct trace (m1: 1)")
     max_tokens: int = Field(8000, gt=0, description="m1: 8,000 for DeepSeek-R1")
     temperature: float | None = Field(None, ge=0.0, description="None: the engine's default (R1 ignores it)")

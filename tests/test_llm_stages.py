@@ -243,3 +243,93 @@ def test_undecided_after_errors_never_reaches_the_teacher(ingested: tuple[Path, 
     assert records["teacher"]["rows_in"] == records["score"]["rows_out"]
     sent = set(table(run_dir, "traces").column("qid").to_pylist())
     assert not sent & undecided
+
+
+def test_lineage_accounts_for_every_pool_question_and_export_round_trips(
+    ingested: tuple[Path, CurationConfig], tmp_path: Path
+) -> None:
+    import datasets
+
+    from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
+    from curation.store.catalog import connect
+    from curation.store.export import ExportError, export_table
+    from curation.store.runstore import RunStore
+
+    run_dir, _ = ingested
+    server_cfg = RehearsalConfig(
+        pool=str(run_dir / "tables" / "questions"),
+        latency_ms=0,
+        latency_jitter_ms=0,
+        reasoning_tokens_mean=40,
+        model_correct_rates=SCORER_RATES,
+        correct_rate=0.5,
+        faults=FaultRates(length=0.2),
+    )
+    with RehearsalServer(server_cfg) as server:
+        records = run_pipeline(CurationConfig.model_validate(llm_config(server.url, max_attempts=1)), run_dir)
+    con = connect(RunStore(str(run_dir)))
+    n = con.execute("SELECT count(*) FROM questions").fetchall()[0][0]
+    lineage = dict(
+        ((status, stage, reason), count)
+        for status, stage, reason, count in con.execute(
+            "SELECT status, stage, coalesce(reason, ''), count(*) FROM lineage GROUP BY ALL"
+        ).fetchall()
+    )
+    assert sum(lineage.values()) == n  # one row per pool question, nothing lost or counted twice
+    assert lineage[("kept", "curated", "")] == records["curate"]["rows_out"]
+    assert lineage.get(("dropped", "score", "easy"), 0) == records["score"]["rejected_by_reason"].get(
+        "easy", 0
+    )
+    teacher_drops = {r: c for (status, stage, r), c in lineage.items() if stage == "teacher"}
+    assert teacher_drops == records["teacher"]["rejected_by_reason"]
+    assert teacher_drops.get("truncated", 0) > 0  # length-cut traces are dropped, never accepted
+    truncated = con.execute("SELECT count(*) FROM traces WHERE outcome = 'truncated' AND accepted").fetchall()
+    assert truncated == [(0,)]
+
+    curated = RunStore(str(run_dir)).read_table("curated")
+    for fmt, name in (("jsonl", "c.jsonl"), ("parquet", "c.parquet"), ("hf", "c_hf")):
+        path, rows = export_table(str(run_dir), "curated", fmt, str(tmp_path / name))
+        assert rows == curated.num_rows
+        if fmt == "hf":
+            loaded = datasets.load_dataset(str(path), split="train")
+        else:
+            loaded = datasets.load_dataset(
+                "json" if fmt == "jsonl" else "parquet", data_files=str(path), split="train"
+            )
+        assert loaded.num_rows == curated.num_rows
+        assert sorted(loaded["qid"]) == sorted(curated.column("qid").to_pylist())
+        assert {"prompt", "reasoning", "distilled_answer_string", "text", "answer_letter"} <= set(
+            loaded.column_names
+        )
+    with pytest.raises(ExportError, match="exists"):
+        export_table(str(run_dir), "curated", "jsonl", str(tmp_path / "c.jsonl"))
+    with pytest.raises(ExportError, match="no table 'nope'"):
+        export_table(str(run_dir), "nope", "jsonl", str(tmp_path / "x.jsonl"))
+
+
+def test_dry_run_prints_plan_and_cost_and_sends_nothing(
+    ingested: tuple[Path, CurationConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from curation.devtools.rehearse import RehearsalConfig, RehearsalServer
+    from curation.pipeline import run_stages
+    from curation.stages import stage_registry
+    from curation.store.runstore import RunStore
+
+    run_dir, _ = ingested
+    with RehearsalServer(RehearsalConfig(pool=str(run_dir / "tables" / "questions"), latency_ms=0)) as server:
+        cfg = CurationConfig.model_validate(llm_config(server.url))
+        lines: list[str] = []
+        run_stages(
+            [c() for c in stage_registry().values()],
+            cfg,
+            RunStore(str(run_dir)),
+            dry_run=True,
+            log=lines.append,
+        )
+        assert server.stats(per_request=False)["requests_total"] == 0
+    out = "\n".join(lines) + capsys.readouterr().out
+    n = RunStore(str(run_dir)).read_table("questions").num_rows
+    assert f"qwen7b on engine qwen7b: {n:,} requests, {n:,} to send" in out
+    assert "assuming m1's hard share of 19.7%" in out and "expected $" in out
+    assert "[curate] dry run: free" in out
+    assert not RunStore(str(run_dir)).has_table("scores")

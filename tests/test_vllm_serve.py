@@ -157,3 +157,37 @@ def test_run_requests_against_the_server(vllm_server: str, ray_local: None, tmp_
     assert all(1 <= r["completion_tokens"] <= limits[r["key"]] and r["prompt_tokens"] > 0 for r in rows)
     assert {r["engine"] for r in rows} == {engine.engine_name}
     assert len(Ledger(ledger_uri).answered_ids()) == 9  # the repeated request was paid once
+
+
+def test_the_served_config_runs_score_teacher_curate_over_http(
+    vllm_server: str, ray_local: None, tmp_path: Path
+) -> None:
+    """curation/configs/demo_vllm_server.yaml as a user runs it: the real OpenAI path, nothing rehearsed."""
+    import yaml
+
+    from curation.cli import main as m1_main
+    from curation.store.catalog import connect
+    from curation.store.runstore import RunStore
+
+    repo_configs = Path(__file__).resolve().parents[1] / "curation" / "configs"
+    raw = yaml.safe_load((repo_configs / "demo_vllm_server.yaml").read_text())
+    for source in raw["sources"]:
+        source["path"] = str((repo_configs / source["path"]).resolve())
+    raw["engines"]["served"]["base_url"] = vllm_server
+    config = tmp_path / "served.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    assert m1_main(["curate", str(config), "--run-dir", str(run_dir)]) == 0
+
+    con = connect(RunStore(str(run_dir)))
+    n = con.execute("SELECT count(*) FROM questions").fetchall()[0][0]
+    assert con.execute("SELECT count(*) FROM scores WHERE outcome <> 'error'").fetchall()[0][0] == n
+    hard = con.execute("SELECT count(*) FROM difficulty WHERE decision = 'hard'").fetchall()[0][0]
+    assert hard > 0
+    # Every hard question got a first attempt from the served model; retries are distinct requests.
+    first = con.execute("SELECT count(*) FROM traces WHERE attempt = 1 AND error IS NULL").fetchall()[0][0]
+    assert first == hard
+    engines = {r[0] for r in con.execute("SELECT DISTINCT engine FROM traces").fetchall()}
+    assert engines == {f"openai:{vllm_server.split('//')[1].split('/')[0]}"}
+    statuses = dict(con.execute("SELECT status, count(*) FROM lineage GROUP BY ALL").fetchall())
+    assert sum(statuses.values()) == n and "pending" not in statuses

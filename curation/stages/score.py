@@ -154,27 +154,33 @@ class ScoreStage(Stage):
     def enabled(self, cfg: CurationConfig) -> bool:
         return bool(cfg.score.scorers)
 
-    def requests_per_scorer(self, cfg: CurationConfig, store: Any) -> Iterator[tuple[Any, Any, pa.Table]]:
-        """(scorer, engine, requests) for every scorer, over the stage's question table."""
+    def requests_per_engine(self, cfg: CurationConfig, store: Any) -> Iterator[tuple[str, Any, pa.Table]]:
+        """(scorer names, engine, requests) per engine: scorers sharing an engine share its replicas and one run."""
         options = cfg.score
+        by_engine: dict[str, list[Any]] = {}
         for scorer in options.scorers:
-            engine, model = engine_for(
-                cfg, scorer.engine, scorer.model, where=f"score.scorers[{scorer.name}]"
-            )
+            by_engine.setdefault(scorer.engine, []).append(scorer)
+        for engine_name, scorers in by_engine.items():
+            resolved = [
+                (scorer, *engine_for(cfg, engine_name, scorer.model, where=f"score.scorers[{scorer.name}]"))
+                for scorer in scorers
+            ]
             batches = [
                 scorer_requests(b, scorer, model, options)
                 for b in iter_question_batches(store, ["source", "qid", "prompt"], self.batch_rows)
+                for scorer, _, model in resolved
             ]
             if batches:
-                yield scorer, engine, pa.concat_tables(batches)
+                names = ", ".join(s.name for s in scorers)
+                yield f"{names} on engine {engine_name}", resolved[0][1], pa.concat_tables(batches)
 
     def plan(self, ctx: StageContext) -> str:
         from curation.engines import run_requests
 
         lines = []
-        for scorer, engine, requests in self.requests_per_scorer(ctx.config, ctx.store):
+        for label, engine, requests in self.requests_per_engine(ctx.config, ctx.store):
             est = run_requests(requests, engine, ledger_uri=ctx.store.ledger_uri, dry_run=True)
-            lines.append(f"scorer {scorer.name}: {est.n_requests:,} requests, {est.n_to_send:,} to send")
+            lines.append(f"{label}: {est.n_requests:,} requests, {est.n_to_send:,} to send")
         return "; ".join(lines) or "no questions to score"
 
     def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
@@ -191,10 +197,10 @@ class ScoreStage(Stage):
         cfg, store = ctx.config, ctx.store
         options = cfg.score
         scratch = store.scratch_dir("score-responses")
-        for scorer, engine, requests in self.requests_per_scorer(cfg, store):
-            print(f"[{STAGE}] scorer {scorer.name}: {requests.num_rows} requests")
+        for i, (label, engine, requests) in enumerate(self.requests_per_engine(cfg, store)):
+            print(f"[{STAGE}] {label}: {requests.num_rows} requests")
             responses = run_requests(requests, engine, ledger_uri=store.ledger_uri)
-            responses.write_parquet(store.path(f"{scratch}/{scorer.name}"), filesystem=store.fs)
+            responses.write_parquet(store.path(f"{scratch}/engine-{i}"), filesystem=store.fs)
 
         con = duckdb.connect()
         con.register("q", store.dataset(question_source_table(store)))
