@@ -9,6 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from schemas.base import SchemaError, TableSchema
+from schemas.evaluation import EVAL_RESPONSES, EVAL_SCORES
 from schemas.llm import REQUESTS, RESPONSES
 from schemas.llm_stages import CURATED, DIFFICULTY, SCORES, TRACES
 from schemas.questions import QUESTIONS, REJECTS
@@ -24,6 +25,8 @@ REGISTRY: dict[str, TableSchema] = {
         DIFFICULTY,
         TRACES,
         CURATED,
+        EVAL_RESPONSES,
+        EVAL_SCORES,
     )
 }
 
@@ -34,8 +37,6 @@ RESERVED: dict[str, str] = {
     "mesh_labels": "MeSH classification of each question: qid, code, raw model output, attempts",
     "labels": "per-question labels joined for sampling (domain, difficulty, source)",
     "samples": "the curated subsets (m23K, m1K): qid, subset, draw order, and the released record fields",
-    "eval_requests": "evaluation prompts per (benchmark, budget, forcing) setting",
-    "eval_results": "evaluation answers, correctness and token counts per setting",
 }
 
 
