@@ -92,6 +92,7 @@ EVAL_SCORES = TableSchema(
             pa.field("generated_tokens", pa.int64(), nullable=False),
             pa.field("wall_s", pa.float64(), nullable=False),
             pa.field("prefix_reuse", pa.bool_(), nullable=False),
+            pa.field("settings_hash", pa.string(), nullable=False),
             pa.field("finished_at", pa.string(), nullable=False),
         ]
     ),
@@ -109,6 +110,8 @@ EVAL_SCORES = TableSchema(
         "generated_tokens": "tokens generated for this cell",
         "wall_s": "wall time of the task group that produced the cell, shared equally among its cells",
         "prefix_reuse": "the cell's thinking was derived from a larger budget",
+        "settings_hash": "hash of what decides the cell's answers (model, benchmark file, markers, sampling); a rerun "
+        "recomputes a cell whose hash changed",
         "finished_at": "UTC time the cell was committed",
     },
 )
