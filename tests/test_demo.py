@@ -1,4 +1,4 @@
-"""The main job on its embedded default (`m1 demo`): curate, both LLM engines, SQL; a rerun pays nothing."""
+"""The main job on its embedded default (`m1 demo`): the whole chain on the sample pool; a rerun pays nothing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import duckdb
 import pytest
 
 from curation.engines.ledger import Ledger
@@ -22,28 +23,38 @@ def m1(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_demo_end_to_end_and_rerun_pays_nothing(tmp_path):
     run_dir = str(tmp_path / "demo")
-    out = m1("demo", "--run-dir", run_dir, "--questions", "24")
+    out = m1("demo", "--run-dir", run_dir)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     store = RunStore(run_dir, create=False)
-    ingest = store.manifest["stages"]["ingest"]
+    stages = store.manifest["stages"]
+    ingest = stages["ingest"]
     assert (ingest["rows_in"], ingest["rows_out"], ingest["rows_rejected"]) == (341, 311, 30)
-    ledger = Ledger(store.ledger_uri).read()
-    assert ledger.num_rows == 48  # 24 scorer + 24 teacher answers
-    assert sorted(set(ledger.column("engine").to_pylist()))[1] == "vllm"
-    assert "boxed_letter_correct" in out.stdout
+    for name in ("score", "teacher", "curate"):
+        assert stages[name]["status"] == "complete"
+    con = duckdb.connect(str(tmp_path / "demo" / "catalog.duckdb"), read_only=True)
+    n_pool = con.execute("SELECT count(*) FROM questions").fetchall()[0][0]
+    scored = stages["score"]["rows_in"]
+    assert con.execute("SELECT count(*) FROM scores").fetchall()[0][0] == 2 * scored  # two scorers, one sample
+    assert stages["teacher"]["rows_in"] == stages["score"]["rows_out"]
+    assert stages["curate"]["rows_out"] == stages["teacher"]["rows_out"] > 0
+    assert con.execute("SELECT count(*) FROM lineage").fetchall()[0][0] == n_pool
+    engines = {r[0] for r in con.execute("SELECT DISTINCT engine FROM ledger").fetchall()}
+    assert "vllm" in engines and any(e.startswith("openai:127.0.0.1") for e in engines)
+    answered = len(Ledger(store.ledger_uri).answered_ids())
+    assert "REHEARSED" in out.stdout
 
-    again = m1("demo", "--run-dir", run_dir, "--questions", "24")
+    again = m1("demo", "--run-dir", run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "complete for this config" in again.stdout
-    assert again.stderr.count("24 from the ledger, 0 sent") == 2
-    assert Ledger(store.ledger_uri).read().num_rows == 48
+    assert again.stdout.count("complete for this config") >= 4
+    assert len(Ledger(store.ledger_uri).answered_ids()) == answered
 
 
 @pytest.mark.slow
 def test_demo_dry_run_sends_nothing(tmp_path):
     run_dir = str(tmp_path / "demo")
-    out = m1("demo", "--run-dir", run_dir, "--questions", "10", "--dry-run")
+    out = m1("demo", "--run-dir", run_dir, "--dry-run")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("10 requests: 0 answered in the ledger, 10 to send") == 2
-    assert "cost: expected $" in out.stdout
+    assert "[score] dry run: tiny-greedy, tiny-sampled on engine tiny: 622 requests, 622 to send" in out.stdout
+    assert "[teacher] dry run: " in out.stdout and "assuming m1's hard share" in out.stdout
+    assert "expected $" in out.stdout
     assert Ledger(RunStore(run_dir, create=False).ledger_uri).read().num_rows == 0

@@ -219,6 +219,11 @@ class RehearsalConfig(BaseModel):
         description="models answered as plain scorers (no reasoning_content) even when reasoning is on",
     )
     faults: FaultRates = Field(default_factory=FaultRates)
+    vary_by_request_id: bool = Field(
+        False,
+        description="draw each answer from the request id too, so a resampled attempt (a new id for the same "
+        "prompt) can get another answer, as a sampling teacher would; default: the prompt alone decides",
+    )
     retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After of a rate_limit fault")
     slow_s: float = Field(30.0, ge=0.0, description="delay of a slow fault (set it above the client timeout)")
     bad_request_keys: list[str] = Field(
@@ -537,6 +542,7 @@ class _Parsed:
     prompt_text: str  # everything the client sent, for the token count
     max_tokens: int | None
     n: int
+    salt: str = ""  # the request id when answers vary per request (resampling), else empty
 
 
 class RehearsalApp:
@@ -645,7 +651,8 @@ class RehearsalApp:
     def _answer(self, p: _Parsed, index: int, fault: str | None) -> tuple[dict[str, Any], str]:
         """One choice's fields (reasoning, content, finish_reason, completion_tokens) and its correctness."""
         cfg = self.cfg
-        u_correct, u_pick, u_style, u_len = _uniforms(cfg.seed, "answer", p.model, index, p.content)
+        salted = (p.salt,) if p.salt else ()  # a resampled attempt (new request id) draws a new answer
+        u_correct, u_pick, u_style, u_len = _uniforms(cfg.seed, "answer", p.model, index, p.content, *salted)
         question = self.pool.find(p.content) if self.pool is not None else None
         if question is not None:
             labels, texts, stem = question.labels, question.texts, question.question
@@ -749,6 +756,8 @@ class RehearsalApp:
                 return self._error(fp, "bad_request", 400, f"request {fp[:16]}: the body is not valid JSON")
             try:
                 parsed = self._parse(body, kind, fp)
+                if self.cfg.vary_by_request_id:
+                    parsed.salt = fp
             except _BadRequest as exc:
                 return self._error(fp, "bad_request", 400, str(exc), param=exc.param)
             if self.cfg.strict_models and parsed.model not in self._known_models:
