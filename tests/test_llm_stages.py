@@ -333,3 +333,35 @@ def test_dry_run_prints_plan_and_cost_and_sends_nothing(
     assert "assuming m1's hard share of 19.7%" in out and "expected $" in out
     assert "[curate] dry run: free" in out
     assert not RunStore(str(run_dir)).has_table("scores")
+
+
+def test_m1_preset_dry_run_prints_the_rebuild_plan_and_cost(
+    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The m23K rebuild config, pointed at local copies of its sources: the plan and cost, nothing sent."""
+    import yaml
+
+    from curation.cli import main as m1_main
+
+    preset = Path(__file__).resolve().parents[1] / "curation" / "configs" / "m1.yaml"
+    raw = yaml.safe_load(preset.read_text())
+    local = {
+        "medqa": "medqa.jsonl",
+        "headqa": "headqa.json",
+        "medmcqa": "medmcqa.parquet",
+        "pubmedqa": "pubmedqa.jsonl",
+    }
+    for source in raw["sources"]:
+        source["path"] = str(POOL / local[source["name"]])
+    assert [s["engine"] for s in raw["score"]["scorers"]] == ["qwen7b", "qwen32b"]
+    assert raw["teacher"] == {"engine": "teacher", "max_attempts": 1, "max_tokens": 8000}
+    config = tmp_path / "m1-local.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    assert m1_main(["curate", str(config), "--run-dir", str(run_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    n = table(run_dir, "questions").num_rows
+    assert f"[score] dry run: qwen7b on engine qwen7b: {n:,} requests, {n:,} to send" in out
+    assert f"qwen32b on engine qwen32b: {n:,} requests" in out
+    assert "[teacher] dry run: ~" in out and "up to 1 attempt(s) each; expected $" in out
+    assert not (run_dir / "ledger").exists() or not any((run_dir / "ledger").iterdir())
