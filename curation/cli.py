@@ -33,6 +33,8 @@ PLUGIN_MODULES = {
     "tiny-model": "curation.devtools.tiny_model",
     "ledger-import": "curation.engines.importer",
     "export": "curation.store.export",
+    "eval": "evaluation.sweep",
+    "report": "evaluation.report",
 }
 
 
