@@ -215,6 +215,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em} th,td{border:1px so
 th{background:#f2f2f2} td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee} .note{color:#666;font-style:italic}
 details{margin:.4em 0} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}
+.scroll{overflow-x:auto}
 .banner{background:#fff3cd;border:1px solid #e0c060;padding:.6em;margin:1em 0}
 """
 
@@ -239,7 +240,7 @@ class _Page:
             for row in rows[:limit]
         )
         more = f'<p class="note">{len(rows) - limit} more rows</p>' if len(rows) > limit else ""
-        self.parts.append(f"<table><tr>{head}</tr>{body}</table>{more}")
+        self.parts.append(f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{more}')
 
     def image(self, png: bytes, alt: str) -> None:
         data = base64.b64encode(png).decode("ascii")
