@@ -115,7 +115,7 @@ TRACES = TableSchema(
         "answer": "the answer part: message content, or the text after </think>",
         "extracted_label": "the option label extracted from the answer (null when invalid)",
         "extraction": "how the label was extracted, or why the attempt is not usable",
-        "outcome": "correct | wrong | invalid | truncated | filtered | error",
+        "outcome": "correct | wrong | invalid | no_reasoning | truncated | filtered | error",
         "accepted": "true iff outcome is correct (a truncated trace is never accepted)",
         "finish_reason": "stop, length, content_filter, ... as the engine reported it",
         "prompt_tokens": "input tokens",

@@ -64,23 +64,31 @@ def test_pass_rate_pools_samples_of_all_scorers() -> None:
 # ---- teacher judgement ----------------------------------------------------------------------------------
 def test_truncated_filtered_and_failed_traces_are_never_accepted() -> None:
     good = "The venom is neurotoxic.\n\n**Answer:** \\boxed{D}"
-    assert judge_attempt(good, finish_reason="stop", error=None, options=OPTIONS, answer_label="D").accepted
-    cut = judge_attempt(good, finish_reason="length", error=None, options=OPTIONS, answer_label="D")
+    assert judge_attempt(
+        good, reasoning="r", finish_reason="stop", error=None, options=OPTIONS, answer_label="D"
+    ).accepted
+    cut = judge_attempt(
+        good, reasoning="r", finish_reason="length", error=None, options=OPTIONS, answer_label="D"
+    )
     assert (cut.outcome, cut.accepted) == ("truncated", False)
     assert judge_attempt(
-        good, finish_reason="content_filter", error=None, options=OPTIONS, answer_label="D"
+        good, reasoning="r", finish_reason="content_filter", error=None, options=OPTIONS, answer_label="D"
     ).outcome == ("filtered")
-    failed = judge_attempt(None, finish_reason=None, error="APIError: 500", options=OPTIONS, answer_label="D")
+    failed = judge_attempt(
+        None, reasoning=None, finish_reason=None, error="APIError: 500", options=OPTIONS, answer_label="D"
+    )
     assert (failed.outcome, failed.how) == ("error", "APIError: 500")
 
 
 def test_m1_first_character_bug_does_not_survive() -> None:
     # m1 counted any answer whose first character is the key's letter: "Cobalt" for C.
     verdict = judge_attempt(
-        "\\boxed{Cobalt}", finish_reason="stop", error=None, options=OPTIONS, answer_label="A"
+        "\\boxed{Cobalt}", reasoning="r", finish_reason="stop", error=None, options=OPTIONS, answer_label="A"
     )
     assert (verdict.outcome, verdict.label) == ("wrong", "C")
-    verdict = judge_attempt("\\boxed{}", finish_reason="stop", error=None, options=OPTIONS, answer_label="A")
+    verdict = judge_attempt(
+        "\\boxed{}", reasoning="r", finish_reason="stop", error=None, options=OPTIONS, answer_label="A"
+    )
     assert verdict.outcome == "invalid" and verdict.label is None
 
 
@@ -365,3 +373,30 @@ def test_m1_preset_dry_run_prints_the_rebuild_plan_and_cost(
     assert f"qwen32b on engine qwen32b: {n:,} requests" in out
     assert "[teacher] dry run: ~" in out and "up to 1 attempt(s) each; expected $" in out
     assert not (run_dir / "ledger").exists() or not any((run_dir / "ledger").iterdir())
+
+
+def test_both_reasoning_shapes_are_read_and_a_trace_without_reasoning_is_not_accepted() -> None:
+    from curation.rules.traces import split_reasoning
+
+    assert split_reasoning("\\boxed{D}", "Krait venom is neurotoxic.") == (
+        "Krait venom is neurotoxic.",
+        "\\boxed{D}",
+    )
+    assert split_reasoning("<think>\nKrait venom.\n</think>\n\nThe answer is \\boxed{D}", None) == (
+        "Krait venom.",
+        "The answer is \\boxed{D}",
+    )
+    reasoning, answer = split_reasoning("The answer is \\boxed{D}", None)
+    assert reasoning is None
+    verdict = judge_attempt(
+        answer, reasoning=reasoning, finish_reason="stop", error=None, options=OPTIONS, answer_label="D"
+    )
+    assert (verdict.outcome, verdict.accepted) == ("no_reasoning", False)
+    cut = split_reasoning("<think>\nstill thinking", None)
+    assert cut == ("still thinking", None)
+    assert (
+        judge_attempt(
+            cut[1], reasoning=cut[0], finish_reason="length", error=None, options=OPTIONS, answer_label="D"
+        ).outcome
+        == "truncated"
+    )

@@ -18,7 +18,7 @@ QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful
 
 @dataclass(frozen=True)
 class Judgement:
-    outcome: str  # correct | wrong | invalid | truncated | filtered | error
+    outcome: str  # correct | wrong | invalid | no_reasoning | truncated | filtered | error
     label: str | None
     how: str
 
@@ -41,12 +41,17 @@ def split_reasoning(text: str | None, reasoning: str | None) -> tuple[str | None
 def judge_attempt(
     answer: str | None,
     *,
+    reasoning: str | None,
     finish_reason: str | None,
     error: str | None,
     options: Mapping[str, str],
     answer_label: str,
 ) -> Judgement:
-    """One teacher attempt -> its outcome. Only a complete answer naming the key is ``correct``."""
+    """One teacher attempt -> its outcome. Only a complete answer naming the key, with reasoning, is ``correct``.
+
+    ``reasoning=None`` means the response carried no reasoning at all (no ``reasoning_content``, no think
+    block): such a trace has nothing to distil, so it is ``no_reasoning`` even when its answer is right.
+    """
     from curation.answers import extract_answer
 
     if error is not None:
@@ -60,9 +65,11 @@ def judge_attempt(
     extracted = extract_answer(answer, options)
     if extracted.label is None:
         return Judgement("invalid", None, extracted.reason)
-    return Judgement(
-        "correct" if extracted.label == answer_label else "wrong", extracted.label, extracted.reason
-    )
+    if extracted.label != answer_label:
+        return Judgement("wrong", extracted.label, extracted.reason)
+    if reasoning is None or not reasoning.strip():
+        return Judgement("no_reasoning", extracted.label, "correct answer but no reasoning to distil")
+    return Judgement("correct", extracted.label, extracted.reason)
 
 
 def assistant_text(reasoning: str, answer: str) -> str:

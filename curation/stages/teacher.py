@@ -94,7 +94,12 @@ def trace_rows(batch: pa.Table) -> pa.Table:
     ):
         reasoning, answer = split_reasoning(text, reasoning_content)
         verdict = judge_attempt(
-            answer, finish_reason=finish, error=error, options=options_of(options), answer_label=key
+            answer,
+            reasoning=reasoning,
+            finish_reason=finish,
+            error=error,
+            options=options_of(options),
+            answer_label=key,
         )
         cols["reasoning"].append(reasoning)
         cols["answer"].append(answer)
@@ -112,6 +117,7 @@ _REJECTS_SQL = f"""
 SELECT '{STAGE}' AS stage, source, qid AS source_ref,
        CASE outcome WHEN 'wrong' THEN 'teacher_wrong' WHEN 'invalid' THEN 'teacher_invalid'
                     WHEN 'truncated' THEN 'truncated' WHEN 'filtered' THEN 'content_filter'
+                    WHEN 'no_reasoning' THEN 'no_reasoning'
                     ELSE 'api_error' END AS reason,
        'after ' || attempts || ' attempt(s); last: ' || extraction AS detail,
        coalesce(answer, '') AS raw
