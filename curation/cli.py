@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from importlib import import_module
 from importlib.resources import files
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from curation import __version__
+from curation.errors import RunDirError, UserError, redact_secrets
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -59,16 +63,28 @@ def cmd_curate(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else default_config_path()
     cfg = load_config(config_path)
     registry = stage_registry()
-    wanted = args.stages.split(",") if args.stages else list(registry)
+    wanted = (
+        [s.strip() for s in args.stages.split(",") if s.strip()]
+        if args.stages is not None
+        else list(registry)
+    )
     unknown = [s for s in wanted if s not in registry]
-    if unknown:
-        raise SystemExit(f"m1 curate: unknown stage(s) {unknown}; known: {list(registry)}")
+    if unknown or not wanted:
+        raise UserError(
+            f"--stages: unknown stage(s) {unknown or [args.stages]}; known: {', '.join(registry)}"
+        )
     # Stages always run in pipeline order, whatever order --stages lists them in.
     stages = [registry[name]() for name in registry if name in wanted]
+    created = _is_local(args.run_dir) and not os.path.lexists(args.run_dir)
     store = RunStore(args.run_dir)
     print(f"m1 curate: config {config_path} -> run {store.location('')}")
-    records = run_stages(stages, cfg, store, force=args.force, dry_run=args.dry_run)
-    catalog = write_catalog(store)
+    try:
+        records = run_stages(stages, cfg, store, force=args.force, dry_run=args.dry_run)
+    except BaseException:
+        if created:
+            _remove_empty_dirs(args.run_dir)  # a failed first run leaves no empty run behind (files are kept)
+        raise
+    catalog = write_catalog(store) if store.exists() else None
     print("\nfunnel:")
     print(format_funnel(records))
     if catalog:
@@ -78,6 +94,19 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_local(uri: str) -> bool:
+    return "://" not in uri
+
+
+def _remove_empty_dirs(root: str) -> None:
+    """Remove ``root`` and the folders under it if they hold no file at all (never removes a file)."""
+    for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass
+
+
 # ---- sql -------------------------------------------------------------------------------------------
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
@@ -85,22 +114,42 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from curation.store.catalog import connect, write_catalog
     from curation.store.runstore import RunStore
 
+    if not args.query.strip():
+        raise UserError(
+            'the query is empty; e.g. m1 sql RUN_DIR "SELECT source, count(*) FROM questions GROUP BY 1"'
+        )
     store = RunStore(args.run_dir, create=False)
     if not store.exists():
-        raise SystemExit(f"m1 sql: {args.run_dir!r} is not a run directory (no manifest.json)")
-    # Rebuild the catalog (the ledger grows between commits) and query it; non-local runs get in-memory views.
-    catalog = write_catalog(store)
-    con = duckdb.connect(catalog, read_only=True) if catalog else connect(store)
+        raise RunDirError(
+            f"{args.run_dir!r} is not a run directory (no manifest.json): has a stage committed yet?"
+        )
+    missing = store.missing_tables()
+    for name, rel in sorted(missing.items()):
+        print(
+            f"m1 sql: warning: table {name!r} ({rel}) has no files left (deleted by hand?); it is left out. "
+            "Rerun the stage that writes it with m1 curate --force",
+            file=sys.stderr,
+        )
+    # Rebuild the catalog (the ledger grows between commits) and query it; non-local runs, and runs whose folder is
+    # read-only, get in-memory views.
+    try:
+        catalog = write_catalog(store, skip=set(missing))
+    except (OSError, duckdb.Error):
+        catalog = None
+    con = duckdb.connect(catalog, read_only=True) if catalog else connect(store, skip=set(missing))
     try:
         rel = con.sql(args.query)
     except duckdb.Error as exc:
-        raise SystemExit(f"m1 sql: {exc}") from None
+        raise UserError(f"query failed: {exc}") from None
     if rel is None:  # a statement without rows
         return 0
-    if args.format == "table":
-        rel.show(max_rows=args.max_rows, max_width=args.max_width)
-        return 0
-    table = rel.to_arrow_table()
+    try:
+        if args.format == "table":
+            rel.show(max_rows=args.max_rows, max_width=args.max_width)
+            return 0
+        table = rel.to_arrow_table()
+    except duckdb.Error as exc:
+        raise UserError(f"query failed: {exc}") from None
     if args.format == "csv":
         import pyarrow.csv as pacsv
 
@@ -117,24 +166,40 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from curation.store.runstore import RunStore
 
     root = Path(args.root)
+    if not root.is_dir():
+        raise UserError(f"{args.root}: no such folder (m1 runs lists the run directories under a folder)")
     candidates = (
         [root] if (root / "manifest.json").exists() else sorted(p for p in root.glob("*") if p.is_dir())
     )
     rows = []
+    broken = 0
     for path in candidates:
         if not (path / "manifest.json").exists():
             continue
-        m = RunStore(str(path), create=False).manifest
-        stages = m.get("stages", {})
-        rows.append(
-            {
-                "run": str(path),
-                "updated": m.get("updated_at", ""),
-                "config_hash": m.get("config_hash", ""),
-                "stages": ",".join(f"{n}:{s.get('status')}" for n, s in stages.items()),
-                "tables": ", ".join(f"{n}={e['rows']:,}" for n, e in sorted(m.get("tables", {}).items())),
-            }
-        )
+        try:
+            store = RunStore(str(path), create=False)
+            m = store.manifest
+            stages = m.get("stages", {})
+            missing = store.missing_tables()
+            rows.append(
+                {
+                    "run": str(path),
+                    "updated": str(m.get("updated_at", "")),
+                    "config_hash": str(m.get("config_hash", "")),
+                    "stages": ",".join(f"{n}:{s.get('status')}" for n, s in stages.items()),
+                    "tables": ", ".join(
+                        f"{n}={e.get('rows', 0):,}" + (" (FILES MISSING)" if n in missing else "")
+                        for n, e in sorted(m.get("tables", {}).items())
+                    ),
+                }
+            )
+            broken += bool(missing)
+        except (UserError, OSError, AttributeError, TypeError, ValueError) as exc:
+            broken += 1
+            reason = str(exc).split("\n")[0]
+            rows.append(
+                {"run": str(path), "updated": "", "config_hash": "", "stages": "CORRUPT", "tables": reason}
+            )
     if not rows:
         print(f"no runs under {root}")
         return 0
@@ -143,10 +208,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     t = Table(title=f"runs under {root}")
     for col in rows[0]:
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for r in rows:
         t.add_row(*r.values())
     Console(width=200).print(t)
+    if broken:
+        print(f"m1 runs: {broken} run(s) flagged CORRUPT or FILES MISSING above", file=sys.stderr)
     return 0
 
 
@@ -200,17 +267,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.error(f"m1 {args.command}: this subcommand is not available in this installation")
-    from curation.config import ConfigError
-    from curation.errors import UserError
+    from pydantic import ValidationError
 
+    from curation.config import format_validation_error
+
+    def fail(message: str, code: int = 2) -> int:
+        # Every message passes the secret scrubber: whatever raised it, a key never reaches the terminal.
+        print(f"m1 {args.command}: {redact_secrets(message)}", file=sys.stderr)
+        return code
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: cleanup handlers run and the run directory stays consistent.
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UserError) as exc:
-        print(f"m1 {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        return fail(str(exc))
+    except ValidationError as exc:
+        return fail(format_validation_error(exc))
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        # Files named on the command line: user mistakes, not bugs; name the file and what is wrong.
+        if exc.filename is not None:
+            return fail(f"{exc.filename}: {exc.strerror or exc}")
+        return fail(str(exc))
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            return fail(exc.code.removeprefix(f"m1 {args.command}: "), 1)
+        raise
     except KeyboardInterrupt:
         print(f"\nm1 {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

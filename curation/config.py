@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curation.errors import UserError
+from curation.errors import UserError, redact_secrets
 
 Format = Literal["medqa", "medmcqa", "headqa", "pubmedqa", "mcq"]
 
@@ -37,7 +37,30 @@ class ConfigError(UserError, ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Never echo a value in an error: a key pasted into the wrong field would reach the terminal and logs.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class NestedError(ValueError):
+    """A validator's own nested validation problems, reported with their full key path (``mapping.foo``)."""
+
+    def __init__(self, prefix: str, exc: ValidationError) -> None:
+        self.problems = [
+            (f"{prefix}.{'.'.join(str(p) for p in e['loc'])}" if e["loc"] else prefix, e["msg"])
+            for e in exc.errors(include_input=False)
+        ]
+        super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in self.problems))
+
+    @classmethod
+    def single(cls, key: str, message: str) -> NestedError:
+        err = cls.__new__(cls)
+        err.problems = [(key, message)]
+        ValueError.__init__(err, f"{key}: {message}")
+        return err
+
+
+# PubMedQA's split names m1's 50/50 halves (seed 0); "all" keeps both. A typo must not silently keep both.
+PUBMEDQA_SPLITS = ("train", "test", "all")
 
 
 class SourceConfig(Strict):
@@ -47,16 +70,27 @@ class SourceConfig(Strict):
     format: Format
     path: str = Field(description="file, folder, or hf:<id>[:<config>]/<split>")
     mapping: dict[str, Any] = Field(default_factory=dict, description="mcq only: where fields live")
-    split: str = Field("train", description="split label (pubmedqa: which half of m1's 50/50 split to keep)")
+    split: str = Field(
+        "train", description="split label (pubmedqa: which half of m1's 50/50 split to keep: train, test or all)"
+    )
 
     @model_validator(mode="after")
     def _mapping_only_for_mcq(self) -> SourceConfig:
         if self.format == "mcq":
             from curation.formats import McqMapping
 
-            McqMapping.model_validate(self.mapping)
+            try:
+                McqMapping.model_validate(self.mapping)
+            except ValidationError as exc:
+                raise NestedError("mapping", exc) from None
         elif self.mapping:
             raise ValueError(f"source {self.name!r}: 'mapping' is only for format mcq, not {self.format}")
+        if self.format == "pubmedqa" and self.split not in PUBMEDQA_SPLITS:
+            raise NestedError.single(
+                "split",
+                f"source {self.name!r}: pubmedqa split must be one of {list(PUBMEDQA_SPLITS)} "
+                f"(m1's 50/50 halves, or all rows), got {self.split!r}",
+            )
         return self
 
 
@@ -70,7 +104,12 @@ class RayOptions(Strict):
     address: str | None = Field(
         None, description="None: start a local Ray; else passed to ray.init(address=)"
     )
-    num_cpus: int | None = Field(None, description="CPUs for a local Ray (default: all)")
+    num_cpus: int | None = Field(
+        None, gt=0, description="CPUs for a local Ray (default: all); 0 would leave no CPU for any task"
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="how long to wait for the Ray cluster at `address` before giving up"
+    )
 
 
 # ---- stage sections: one model per stage, owned by that stage (curation/stages/<stage>.py reads it) -------
@@ -182,12 +221,18 @@ class CurationConfig(Strict):
 
 
 def format_validation_error(exc: ValidationError, *, prefix: str = "", source: str = "") -> str:
-    """One line per problem: 'file: key.path: message'."""
+    """One line per problem: 'file: key.path: message' (values are never echoed; key-shaped text is redacted)."""
     lines = []
-    for err in exc.errors():
+    where = f"{source}: " if source else ""
+    for err in exc.errors(include_input=False):
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
-        where = f"{source}: " if source else ""
-        lines.append(f"{where}{loc or '<root>'}: {err['msg']}")
+        nested = (err.get("ctx") or {}).get("error")
+        problems = (
+            nested.problems if isinstance(nested, NestedError) else [("", err["msg"].removeprefix("Value error, "))]
+        )
+        for sub, msg in problems:
+            full = ".".join(p for p in (loc, sub) if p)
+            lines.append(redact_secrets(f"{where}{full or '<root>'}: {msg}"))
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -213,15 +258,60 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 src["path"] = str((base / p).resolve())
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (YAML would silently keep the last one)."""
+
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        self.key, self.line, self.first_line = key, line, first_line
+        super().__init__(f"key {key!r} repeated (first at line {first_line})")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with a repeated key instead of keeping the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are meant to be overridden by explicit keys
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first is not None:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1, first)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file; a repeated key, unreadable file or bad syntax is a ConfigError naming file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a folder, not a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {str(path)!r}: permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); is this a YAML file?") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ConfigError(
+            f"{path}:{exc.line}: key {exc.key!r} appears twice in one mapping (first at line {exc.first_line}); "
+            "YAML would silently keep only the last one: remove or rename one of them"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(redact_secrets(f"{path}: not valid YAML: {exc}")) from None
+
+
 def load_config(path: str | Path) -> CurationConfig:
     """Read and validate a YAML config; relative source paths resolve against the config file's folder."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with a 'sources' list")
     secrets = _find_secrets(raw)

@@ -21,7 +21,6 @@ Reasons decided later, with knowledge of the whole source or the config, live in
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.prompt import LABELS, normalize_text
+from curation.readers import DuplicateKeyError, loads_strict
 
 FORMATS = ("medqa", "medmcqa", "headqa", "pubmedqa", "mcq")
 
@@ -110,12 +110,19 @@ def get_path(row: Any, path: str) -> Any:
     return value
 
 
-def _decode_json_text(value: Any, kinds: tuple[type, ...]) -> Any:
-    """CSV cells hold nested values as JSON text: decode them when they look like the expected container."""
+def _decode_json_text(value: Any, kinds: tuple[type, ...], field_name: str) -> Any:
+    """CSV cells hold nested values as JSON text: decode them when they look like the expected container.
+
+    A repeated key inside that JSON (two "A" options) is a ``bad_field`` reject: decoding would drop one.
+    """
     if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
         try:
-            decoded = json.loads(value)
-        except ValueError:
+            decoded = loads_strict(value)
+        except DuplicateKeyError as exc:
+            raise FieldError(
+                f"{field_name!r} repeats the key {exc.key!r}; one of the two would be lost"
+            ) from None
+        except (ValueError, RecursionError):
             return value
         if isinstance(decoded, kinds):
             return decoded
@@ -253,7 +260,7 @@ def _guard(parse: Callable[..., ParseResult]) -> Callable[..., ParseResult]:
 
 
 def _dict_options(value: Any, field_name: str) -> list[tuple[str, str]]:
-    value = _decode_json_text(value, (dict,))
+    value = _decode_json_text(value, (dict,), field_name)
     if value is None:
         return []
     if not isinstance(value, Mapping):
@@ -315,7 +322,7 @@ def parse_medmcqa(row: Mapping[str, Any]) -> ParseResult:
 @_guard
 def parse_headqa(row: Mapping[str, Any]) -> ParseResult:
     """HEAD-QA: qid, qtext, ra (the right aid), answers [{aid, atext}] -> labels A.. in aid order."""
-    answers = _decode_json_text(row.get("answers"), (list,))
+    answers = _decode_json_text(row.get("answers"), (list,), "answers")
     if answers is None:
         answers = []
     if not isinstance(answers, list):
@@ -351,7 +358,7 @@ def parse_headqa(row: Mapping[str, Any]) -> ParseResult:
 @_guard
 def parse_pubmedqa(row: Mapping[str, Any]) -> ParseResult:
     """PubMedQA pqa_labeled: options yes/no/maybe, answer final_decision, context = contexts joined by "\\n"."""
-    context_field = _decode_json_text(row.get("context"), (dict,))
+    context_field = _decode_json_text(row.get("context"), (dict,), "context")
     if not isinstance(context_field, Mapping):
         kind = "missing" if context_field is None else f"a {type(context_field).__name__}"
         raise FieldError(f"'context' is {kind}, expected an object with 'contexts'")
@@ -388,7 +395,7 @@ class McqMapping(BaseModel):
     ``answer_type`` says what ``answer`` holds: a label, a 0- or 1-based index, or the answer text.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     question: str = "question"
     options: str | list[str] = "options"
@@ -416,7 +423,7 @@ def _mapped_options(row: Mapping[str, Any], mapping: McqMapping) -> list[tuple[s
             (LABELS[i], _option_text(get_path(row, path), path)) for i, path in enumerate(mapping.options)
         ]
     path = mapping.options
-    value = _decode_json_text(get_path(row, path), (dict, list))
+    value = _decode_json_text(get_path(row, path), (dict, list), path)
     if value is None:
         return []
     if isinstance(value, Mapping):
@@ -442,7 +449,7 @@ def _mapped_options(row: Mapping[str, Any], mapping: McqMapping) -> list[tuple[s
 
 
 def _mapped_context(row: Mapping[str, Any], path: str) -> str | None:
-    value = _decode_json_text(get_path(row, path), (list,))
+    value = _decode_json_text(get_path(row, path), (list,), path)
     if value is None:
         return None
     if isinstance(value, str):

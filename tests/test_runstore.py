@@ -88,8 +88,8 @@ def test_conform_rejects_bad_tables(tmp_path):
     nulls = question_rows(2).set_column(0, "qid", pa.array([None, "x"], pa.string()))
     with pytest.raises(schemas.SchemaError, match="'qid' is NOT NULL but has 1 nulls"):
         store.write_table("questions", nulls)
-    with pytest.raises(KeyError, match="reserved for a later stage"):
-        store.write_table("scores", question_rows(1))
+    with pytest.raises(KeyError, match="unknown table 'no_such_table'"):
+        store.write_table("no_such_table", question_rows(1))
 
 
 def test_missing_run_dir_is_a_clear_error(tmp_path):

@@ -341,6 +341,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    path = build_tiny_model(args.dir, vocab_size=args.vocab_size, seed=args.seed)
+    from curation.errors import UserError
+
+    target = Path(args.dir)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{args.dir}: exists and is a file; give a new or empty directory for the model")
+    try:
+        path = build_tiny_model(args.dir, vocab_size=args.vocab_size, seed=args.seed)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        raise UserError(f"{exc.filename or args.dir}: cannot write the model there ({exc.strerror or exc})") from None
     print(f"tiny model written to {path} (random weights: it produces nonsense)")
     return 0

@@ -13,12 +13,13 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.engines.vllm_engine import VLLMEngineConfig
+from curation.errors import redact_secrets
 
 
 class Price(BaseModel):
     """USD per million tokens. Reasoning tokens are billed as output (completion) tokens."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
@@ -35,7 +36,9 @@ class Price(BaseModel):
 class OpenAIEngineConfig(BaseModel):
     """An OpenAI-compatible HTTP endpoint (OpenAI, DeepSeek, vLLM serve, SGLang, a rehearsal server, ...)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a key pasted into any field (api_key_env above all) must never be echoed back
+    # by pydantic's error text (`input_value='sk-...'`), whatever code prints the error.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     kind: Literal["openai"] = "openai"
     base_url: str = Field(description="API root ending in /v1, e.g. https://api.deepseek.com/v1")
@@ -82,15 +85,20 @@ class OpenAIEngineConfig(BaseModel):
     def _check_base_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"base_url must be an http(s) URL such as https://host/v1, got {value!r}")
+            raise ValueError(
+                f"base_url must be an http(s) URL such as https://host/v1, got {redact_secrets(repr(value))}"
+            )
         return value.rstrip("/")
 
     @field_validator("api_key_env")
     @classmethod
     def _check_api_key_env(cls, value: str | None) -> str | None:
         # A literal key pasted here would end up in logs and run records: accept variable names only.
-        if value is not None and not value.replace("_", "").isalnum():
-            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _)")
+        if value is not None and (not value.replace("_", "").isalnum() or redact_secrets(value) != value):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (letters, digits, _) such as "
+                "DEEPSEEK_API_KEY, never the key itself (the value given is not shown)"
+            )
         return value
 
     @field_validator("extra_headers")

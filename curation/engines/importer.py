@@ -25,6 +25,8 @@ import pyarrow.compute as pc
 
 from curation.engines.ledger import Ledger
 from curation.engines.request import make_request, response_row, responses_table
+from curation.errors import UserError
+from curation.readers import DuplicateKeyError, loads_strict
 
 CHUNK_ROWS = 50_000
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -43,20 +45,69 @@ def render(template: str, row: Mapping[str, Any]) -> str:
     return _PLACEHOLDER.sub(substitute, template)
 
 
+class ImportFileError(UserError, ValueError):
+    """A file to import cannot be read as records; the message names the file and the record."""
+
+
+_ARROW_ROW = re.compile(r"^(?:JSON parse error: )?(.*?)\s*in row (\d+)\s*$", re.S)
+
+
 def read_records(path: str) -> pa.Table:
-    """A JSONL/JSON-lines file, or a Parquet file or folder, as one table."""
+    """A JSONL/JSON-lines file, a JSON array file, or a Parquet file or folder, as one table.
+
+    Anything unreadable (missing, not JSON, truncated, a repeated key, not Parquet) is an ImportFileError that
+    names the file and, for JSON lines, the record.
+    """
     source = Path(path)
     if not source.exists():
-        raise FileNotFoundError(f"ledger-import: {path}: no such file or folder")
-    if source.is_dir() or source.suffix == ".parquet":
-        import pyarrow.dataset as pads
+        raise ImportFileError(f"{path}: no such file or folder")
+    try:
+        if source.is_dir() or source.suffix == ".parquet":
+            import pyarrow.dataset as pads
 
-        return pads.dataset(str(source), format="parquet").to_table()
-    if source.suffix in (".jsonl", ".json", ".ndjson"):
-        import pyarrow.json as pajson
+            return pads.dataset(str(source), format="parquet").to_table()
+        if source.suffix in (".jsonl", ".json", ".ndjson"):
+            return _read_json_records(source)
+    except OSError as exc:
+        raise ImportFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except pa.ArrowException as exc:
+        raise ImportFileError(f"{path}: not a readable Parquet file or folder ({exc})") from None
+    raise ImportFileError(f"{path}: expected .jsonl/.json/.ndjson or .parquet (file or folder)")
 
+
+def _read_json_records(source: Path) -> pa.Table:
+    import pyarrow.json as pajson
+
+    with open(source, "rb") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:].lstrip()
+    if head.startswith(b"["):  # a JSON array of records (pyarrow reads JSON lines only)
+        try:
+            rows = loads_strict(source.read_text(encoding="utf-8-sig"))
+        except DuplicateKeyError as exc:
+            raise ImportFileError(f"{source}: a record repeats the key {exc.key!r}") from None
+        except (ValueError, RecursionError) as exc:
+            line = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ImportFileError(f"{source}{line}: not valid JSON ({exc}); is the file truncated?") from None
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise ImportFileError(f"{source}: element {bad} of the array is not an object with columns")
+        try:
+            return pa.Table.from_pylist(rows)
+        except pa.ArrowException as exc:
+            raise ImportFileError(f"{source}: records disagree on column types ({exc})") from None
+    try:
         return pajson.read_json(str(source))
-    raise ValueError(f"ledger-import: {path}: expected .jsonl/.json/.ndjson or .parquet (file or folder)")
+    except pa.ArrowInvalid as exc:
+        match = _ARROW_ROW.match(str(exc))
+        if match:
+            what, row = match.group(1), int(match.group(2))
+            raise ImportFileError(
+                f"{source}: record {row + 1} (JSON lines: one object per line): {what.rstrip('.')}; "
+                "is the file truncated or not JSON lines?"
+            ) from None
+        raise ImportFileError(f"{source}: not JSON lines ({exc})") from None
 
 
 def _chunks(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -87,7 +138,7 @@ def import_responses(
     Records without text, and ids the ledger already holds (or that repeat within the file), are skipped.
     """
     if kind not in ("chat", "completion"):
-        raise ValueError(f"ledger-import: kind must be chat or completion, got {kind!r}")
+        raise ImportFileError(f"kind must be chat or completion, got {kind!r}")
     table = read_records(path)
     template = template if template is not None else "{" + prompt_column + "}"
     columns = set(table.column_names)
@@ -101,7 +152,10 @@ def import_responses(
     if not template_columns:
         missing.append(f"any column named in the template {template!r}")
     if missing:
-        raise ValueError(f"ledger-import: {path}: missing {missing}; the columns are {table.column_names}")
+        raise ImportFileError(
+            f"{path}: missing column(s) {missing}; the file has {table.column_names} "
+            "(choose others with --text-column, --reasoning-column, --key-column, --template)"
+        )
     needed = template_columns | set(required)
 
     engine = f"import:{name}"
@@ -155,11 +209,11 @@ def imported_count(ledger_uri: str, name: str) -> int:
 # ---- CLI -------------------------------------------------------------------------------------------------
 def _cmd(args: argparse.Namespace) -> int:
     try:
-        params = json.loads(args.params)
-    except ValueError as exc:
-        raise SystemExit(f"m1 ledger-import: --params is not JSON: {exc}") from None
+        params = loads_strict(args.params)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"--params is not JSON: {exc}") from None
     if not isinstance(params, dict):
-        raise SystemExit("m1 ledger-import: --params must be a JSON object, e.g. '{\"max_tokens\": 8000}'")
+        raise UserError("--params must be a JSON object, e.g. '{\"max_tokens\": 8000}'")
     written = import_responses(
         args.path,
         ledger_uri=args.ledger,

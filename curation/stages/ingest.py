@@ -525,8 +525,9 @@ class IngestStage(Stage):
         self._ingested_at = ingested_at
 
     def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
+        # Paths are left out: the files' content (below) is what matters, so the same files elsewhere resume.
         return {
-            "sources": [s.model_dump(mode="json") for s in cfg.sources],
+            "sources": [s.model_dump(mode="json", exclude={"path"}) for s in cfg.sources],
             "ingest": cfg.ingest.model_dump(mode="json", exclude={"rows_per_chunk"}),
             "files": {s.name: fingerprint(s.path) for s in cfg.sources},
         }
@@ -587,6 +588,7 @@ class IngestStage(Stage):
                 counts.add_input(source.name, keys.num_rows)
                 decisions.append(decide_source(_plain_strings(keys), source, cfg.ingest))
             con.register("decisions", pa.concat_tables(decisions))
+            check_sources_yield(con, cfg.sources)
             clock.lap("decide")
 
             questions = store.write_table(
@@ -636,11 +638,63 @@ class IngestStage(Stage):
         if not dataset.files:
             con.register("staged", STAGED.empty_table())
         elif store.is_local:
-            con.execute(
-                f"CREATE VIEW staged AS SELECT * FROM read_parquet('{store.path(scratch)}/**/*.parquet')"
-            )
+            glob = f"{store.path(scratch)}/**/*.parquet".replace("'", "''")  # a quote in the run dir's path
+            con.execute(f"CREATE VIEW staged AS SELECT * FROM read_parquet('{glob}')")
         else:
             con.register("staged", dataset)
+
+
+def check_sources_yield(con: Any, sources: Sequence[SourceConfig]) -> None:
+    """A source that yields no question, or an mcq mapping path found in none of its rows, is an error.
+
+    Such a source is almost always a mistake (a wrong format, a column renamed, a mapping typo, an empty file),
+    and a funnel full of rejects at exit 0 hides it. The message names the source, its path, the top reject
+    reasons with an example row, and the mapping key that finds nothing.
+    """
+    problems = []
+    for source in sources:
+        n_in, n_ok = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE d.final_status = 'ok') FROM staged s "
+            "LEFT JOIN decisions d USING (source, file_index, pos) WHERE s.source = ?",
+            [source.name],
+        ).fetchall()[0]
+        where = f"source {source.name!r} ({source.path})"
+        if n_in == 0:
+            problems.append(f"{where} holds no rows at all: an empty file?")
+            continue
+        if n_ok == 0:
+            reasons = con.execute(
+                "SELECT coalesce(d.final_status, s.status) AS reason, count(*) AS n, "
+                "arg_min(s.source_ref || ': ' || coalesce(d.final_detail, s.detail, ''), s.file_index * 1e12 + s.pos) "
+                "FROM staged s LEFT JOIN decisions d USING (source, file_index, pos) WHERE s.source = ? "
+                "GROUP BY 1 ORDER BY n DESC, reason LIMIT 3",
+                [source.name],
+            ).fetchall()
+            top = "; ".join(f"{reason} x{n} (e.g. {example})" for reason, n, example in reasons)
+            problems.append(
+                f"{where}: none of its {n_in:,} rows is a usable question: {top}. "
+                f"Check that format {source.format!r}"
+                + (" and the mapping" if source.format == "mcq" else "")
+                + " match the file's fields"
+            )
+            continue
+        if source.format == "mcq":
+            for key, column in (("context", "context"), ("id", "source_id")):
+                path = source.mapping.get(key)
+                if not path:
+                    continue
+                (found,) = con.execute(
+                    f"SELECT count(s.{column}) FROM staged s JOIN decisions d USING (source, file_index, pos) "
+                    "WHERE s.source = ? AND d.final_status = 'ok'",
+                    [source.name],
+                ).fetchall()[0]
+                if found == 0:
+                    problems.append(
+                        f"{where}: mapping.{key} {path!r} is missing (or empty) in every one of its {n_ok:,} "
+                        f"accepted rows; fix the path, or remove {key} from the mapping"
+                    )
+    if problems:
+        raise IngestError("\n  ".join(["sources that yield nothing usable:", *problems]))
 
 
 class _Clock:

@@ -74,11 +74,17 @@ def _stages_table(store: RunStore) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def create_views(con: duckdb.DuckDBPyConnection, store: RunStore) -> list[str]:
-    """Create (or replace) every catalog view of ``store`` on ``con``; returns the view names."""
+def create_views(
+    con: duckdb.DuckDBPyConnection, store: RunStore, skip: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
+    """Create (or replace) every catalog view of ``store`` on ``con``; returns the view names.
+
+    Tables in ``skip`` (committed, but their files are gone) get no view, so the rest stay queryable.
+    """
     names = []
     rejects = []
-    for table, entry in sorted(store.tables().items()):
+    tables = {t: e for t, e in store.tables().items() if t not in skip}
+    for table, entry in sorted(tables.items()):
         glob = store.location(entry["path"]) + "/*.parquet"
         view = view_name(table)
         con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote(glob)})')
@@ -102,8 +108,8 @@ def create_views(con: duckdb.DuckDBPyConnection, store: RunStore) -> list[str]:
         _empty_table(con, "ledger", schemas.get("responses").schema)
     names.append("ledger")
 
-    if store.has_table("questions"):
-        con.execute(lineage_sql(set(store.tables())))
+    if "questions" in tables and store.has_table("questions"):
+        con.execute(lineage_sql(set(tables)))
         names.append("lineage")
 
     tmp = f"_stages_{uuid.uuid4().hex[:8]}"
@@ -148,14 +154,14 @@ LEFT JOIN (
 """
 
 
-def connect(store: RunStore) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with every view of the run."""
+def connect(store: RunStore, skip: set[str] | frozenset[str] = frozenset()) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with every view of the run (but those in ``skip``)."""
     con = duckdb.connect()
-    create_views(con, store)
+    create_views(con, store, skip)
     return con
 
 
-def write_catalog(store: RunStore) -> str | None:
+def write_catalog(store: RunStore, skip: set[str] | frozenset[str] = frozenset()) -> str | None:
     """(Re)build RUN_DIR/catalog.duckdb atomically; returns its path (None for non-local runs)."""
     if not store.is_local:
         return None
@@ -163,8 +169,13 @@ def write_catalog(store: RunStore) -> str | None:
     tmp = store.path(f".{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.tmp")
     con = duckdb.connect(tmp)
     try:
-        create_views(con, store)
-    finally:
+        create_views(con, store, skip)
+    except BaseException:
         con.close()
+        for leftover in (tmp, tmp + ".wal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        raise
+    con.close()
     os.replace(tmp, final)
     return final

@@ -29,16 +29,40 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import schemas
+from curation.errors import RunDirError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
 
+class RunDirNotFoundError(RunDirError, FileNotFoundError):
+    """The run directory does not exist."""
+
+
+class RunDirNotADirectoryError(RunDirError, NotADirectoryError):
+    """The run directory is a file."""
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and root path for a local path or a filesystem URI."""
-    if "://" in uri:
+    """A pyarrow filesystem and root path for a local path or a filesystem URI.
+
+    An unknown scheme or an unreachable store is a :class:`RunDirError` that says what to check.
+    """
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    scheme = uri.split("://", 1)[0]
+    try:
         return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    except pa.ArrowInvalid as exc:
+        raise RunDirError(
+            f"{uri!r}: unknown filesystem scheme {scheme + '://'!r} ({exc}); use a local path or a pyarrow "
+            "filesystem URI such as s3://bucket/run, gs://bucket/run or hdfs://host/run"
+        ) from None
+    except OSError as exc:
+        raise RunDirError(
+            f"{uri!r}: cannot reach the {scheme} store ({exc}); check the network, the bucket name and the "
+            "credentials in the environment"
+        ) from None
 
 
 def utc_now() -> str:
@@ -62,13 +86,18 @@ class RunStore:
         self.uri = uri
         self.fs, self.root = resolve(uri)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
-        info = self.fs.get_file_info(self.root)
-        if info.type == pafs.FileType.NotFound:
-            if not create:
-                raise FileNotFoundError(f"run directory {uri!r} does not exist")
-            self.fs.create_dir(self.root, recursive=True)
-        elif info.type != pafs.FileType.Directory:
-            raise NotADirectoryError(f"run directory {uri!r} is a file, not a directory")
+        try:
+            info = self.fs.get_file_info(self.root)
+            if info.type == pafs.FileType.NotFound:
+                if not create:
+                    raise RunDirNotFoundError(f"run directory {uri!r} does not exist")
+                self.fs.create_dir(self.root, recursive=True)
+            elif info.type != pafs.FileType.Directory:
+                raise RunDirNotADirectoryError(f"run directory {uri!r} is a file, not a directory")
+        except (OSError, pa.ArrowException) as exc:
+            if isinstance(exc, RunDirError):
+                raise
+            raise RunDirError(f"run directory {uri!r}: cannot open or create it ({exc})") from None
         self._manifest: dict[str, Any] | None = None
 
     # ---- paths -------------------------------------------------------------------------------------
@@ -105,10 +134,22 @@ class RunStore:
                 "tables": {},
                 "stages": {},
             }
-        with self.fs.open_input_stream(self.path(MANIFEST)) as f:
-            data = json.loads(f.read().decode("utf-8"))
+        where = self.location(MANIFEST)
+        try:
+            with self.fs.open_input_stream(self.path(MANIFEST)) as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, pa.ArrowException) as exc:
+            raise RunDirError(f"{where}: cannot read the manifest ({exc})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            line = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise RunDirError(
+                f"{where}{line}: the manifest is not valid JSON ({exc}); it was truncated or edited by hand. "
+                "The run cannot be trusted: start a new --run-dir (its tables are under tables/)"
+            ) from None
+        if not isinstance(data, dict) or not isinstance(data.get("tables", {}), dict):
+            raise RunDirError(f"{where}: not an m1 run manifest (no 'tables' mapping)")
         if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{self.location(MANIFEST)}: manifest format {data.get('format')} not supported")
+            raise RunDirError(f"{where}: manifest format {data.get('format')!r} not supported")
         return data
 
     def save_manifest(self) -> None:
@@ -131,6 +172,15 @@ class RunStore:
             entry is not None
             and self.fs.get_file_info(self.path(entry["path"])).type == pafs.FileType.Directory
         )
+
+    def missing_tables(self) -> dict[str, str]:
+        """Committed tables whose Parquet files are gone (deleted by hand): name -> version path."""
+        missing = {}
+        for name, entry in self.tables().items():
+            selector = pafs.FileSelector(self.path(entry["path"]), allow_not_found=True)
+            if not any(i.path.endswith(".parquet") for i in self.fs.get_file_info(selector)):
+                missing[name] = entry["path"]
+        return missing
 
     def new_table_dir(self, name: str) -> str:
         """A fresh, empty version directory for ``name`` (relative path); writers fill it, commit switches to it."""
@@ -211,7 +261,13 @@ class RunStore:
         entry = self.manifest.get("tables", {}).get(name)
         if entry is None:
             raise KeyError(f"run {self.uri!r} has no table {name!r}; it has {sorted(self.tables())}")
-        return self.dataset_at(entry["path"])
+        try:
+            return self.dataset_at(entry["path"])
+        except FileNotFoundError:
+            raise RunDirError(
+                f"run {self.uri!r}: the files of table {name!r} ({entry['path']}) are gone; the run directory "
+                "was modified by hand: rerun the stage that writes it with m1 curate --force"
+            ) from None
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return self.dataset(name).to_table(columns=columns)
