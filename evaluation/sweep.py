@@ -308,7 +308,14 @@ def run_eval(cfg: EvalConfig, run_dir: str, *, log: Callable[[str], None] = prin
     done = finished_cells(store)
     ensure_ray(cfg)
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p}
-    summary: dict[str, Any] = {"cells_run": 0, "cells_skipped": 0, "wall_s": 0.0}
+    summary: dict[str, Any] = {
+        "cells_run": 0,
+        "cells_skipped": 0,
+        "generated_tokens": 0,
+        "engine_load_s": 0.0,  # actors started and engines loaded
+        "sweep_s": 0.0,  # engines ready -> last cell committed (generation, scoring, commits)
+        "wall_s": 0.0,
+    }
     started = time.perf_counter()
     for model in cfg.models:
         tasks, hashes = plan_tasks(cfg, model, benchmarks, done)
@@ -327,6 +334,10 @@ def run_eval(cfg: EvalConfig, run_dir: str, *, log: Callable[[str], None] = prin
         try:
             from ray.util import ActorPool
 
+            loaded = time.perf_counter()
+            ray.get([actor.ready.remote() for actor in actors])
+            summary["engine_load_s"] += time.perf_counter() - loaded
+            swept = time.perf_counter()
             pool = ActorPool(actors)
             for task in tasks:
                 pool.submit(lambda actor, t: actor.run.remote(t), task)
@@ -348,11 +359,13 @@ def run_eval(cfg: EvalConfig, run_dir: str, *, log: Callable[[str], None] = prin
                 scores = cell_scores(rows, wall_s=wall, settings=hashes[group])
                 commit_cells(store, rows, scores)
                 summary["cells_run"] += len(scores)
+                summary["generated_tokens"] += sum(s["generated_tokens"] for s in scores)
                 for s in sorted(scores, key=lambda s: s["budget"]):
                     log(
                         f"  {s['cell']}: accuracy {s['accuracy']:.3f} (m1 matcher {s['accuracy_m1']:.3f}), "
                         f"invalid {s['invalid']}/{s['samples']}, thinking {s['mean_thinking_tokens']:.0f} tokens"
                     )
+            summary["sweep_s"] += time.perf_counter() - swept
         finally:
             for actor in actors:
                 ray.kill(actor)
