@@ -48,7 +48,13 @@ SQL: dict[str, str] = {
         "       sum(completion_tokens) AS completion_tokens, round(sum(cost_usd), 4) AS cost_usd\n"
         "FROM traces GROUP BY model ORDER BY model"
     ),
-    "sft": "SELECT step, loss FROM sft_metrics WHERE loss IS NOT NULL ORDER BY step",
+    "sft": "SELECT sft_run, step, loss FROM sft_metrics ORDER BY sft_run, step",
+    "m23k_sources": "SELECT source, count(*) AS rows FROM m23k GROUP BY source ORDER BY rows DESC",
+    "m1k_sources": "SELECT source, count(*) AS rows FROM m1k GROUP BY source ORDER BY rows DESC",
+    "m1k_domains": (
+        "SELECT domain_code, domain_name, count(*) AS rows FROM m1k\n"
+        "GROUP BY domain_code, domain_name ORDER BY rows DESC"
+    ),
 }
 
 
@@ -196,10 +202,13 @@ def _bars(labels: list[str], values: list[float], title: str) -> bytes:
     return _png(fig)
 
 
-def _line(xs: list[float], ys: list[float], title: str, xlabel: str, ylabel: str) -> bytes:
+def _line(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    ax.plot(xs, ys, color="#c55a11")
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=name)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -262,11 +271,19 @@ class _Page:
         )
 
 
-def _sft_log(store: RunStore, con: duckdb.DuckDBPyConnection) -> tuple[list[float], list[float], str] | None:
-    """(steps, losses, where) of the SFT loss: an `sft_metrics` table, else a trainer_state.json in the run."""
+def _sft_log(
+    store: RunStore, con: duckdb.DuckDBPyConnection
+) -> tuple[dict[str, tuple[list[float], list[float]]], str] | None:
+    """Loss per step of each SFT run: the `sft_metrics` table, else a trainer_state.json in the run folder."""
     if _has(con, "sft_metrics"):
         _, rows = _rows(con, SQL["sft"])
-        return [r[0] for r in rows], [r[1] for r in rows], SQL["sft"]
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for run, step, loss in rows:
+            xs, ys = series.setdefault(run, ([], []))
+            xs.append(step)
+            ys.append(loss)
+        if series:
+            return series, SQL["sft"]
     if not store.is_local:
         return None
     for path in sorted(Path(store.root).rglob("trainer_state.json")):
@@ -276,8 +293,10 @@ def _sft_log(store: RunStore, con: duckdb.DuckDBPyConnection) -> tuple[list[floa
             continue
         points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
         if points:
-            rel = path.relative_to(store.root)
-            return [p[0] for p in points], [p[1] for p in points], f"-- log_history of {rel} (not a table)"
+            rel = str(path.relative_to(store.root))
+            return {
+                rel: ([p[0] for p in points], [p[1] for p in points])
+            }, f"-- log_history of {rel} (not a table)"
     return None
 
 
@@ -316,7 +335,10 @@ def build_report(run_dir: str, *, title: str | None = None, banner: str | None =
     for key, view, label in (
         ("sources", "questions", "questions per source (the pool after ingest)"),
         ("curated_sources", "curated", "curated rows per source"),
+        ("m23k_sources", "m23k", "m23K rows per source"),
+        ("m1k_sources", "m1k", "m1K rows per source"),
         ("domains", "labels", "questions per domain"),
+        ("m1k_domains", "m1k", "m1K rows per domain"),
     ):
         if _has(con, view):
             cols, rows = _rows(con, SQL[key])
@@ -366,8 +388,8 @@ def build_report(run_dir: str, *, title: str | None = None, banner: str | None =
     page.heading("SFT loss")
     sft = _sft_log(store, con)
     if sft:
-        steps, losses, where = sft
-        page.image(_line(steps, losses, "SFT training loss", "step", "loss"), "SFT loss")
+        series, where = sft
+        page.image(_line(series, "SFT training loss", "step", "loss"), "SFT loss")
         page.sql(where, run_dir)
     else:
         page.note("no SFT metrics in this run (an `sft_metrics` table or a trainer_state.json)")

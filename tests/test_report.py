@@ -237,3 +237,20 @@ def test_report_renders_in_headless_chromium(run_dir: str, tmp_path: Path) -> No
         timeout=120,
     ).stdout
     assert dom.count("<img") == 6 and "Accuracy versus thinking budget" in dom
+
+
+@pytest.mark.skipif(
+    "sft_metrics" not in schemas.REGISTRY, reason="the sft_metrics table is not defined here yet"
+)
+def test_sft_loss_from_the_sft_metrics_table(run_dir: str) -> None:
+    store = RunStore(run_dir, create=False)
+    metrics = _rows(
+        "sft_metrics",
+        12,
+        sft_run=lambda i: f"run{i % 2}",
+        step=lambda i: i // 2,
+        loss=lambda i: 2.0 / (1 + i),
+    )
+    store.commit([store.write_table("sft_metrics", metrics)])
+    page = build_report(run_dir)
+    assert SQL["sft"] in page and "trainer_state.json" not in page.split("SFT loss")[1].split("<h2>")[0]
