@@ -534,3 +534,115 @@ def test_ctrl_c_stops_issuing_keeps_finished_rows_and_says_so(ray_local: None, t
     assert quiet["requests_total"] < 800
     # Everything the server answered before the stop is in the ledger (nothing lost in memory).
     assert kept >= sum(1 for n in quiet["successes_by_request"].values() if n) - 8
+
+
+# ---- salts -----------------------------------------------------------------------------------------------
+class _CaptureServer:
+    """A real HTTP server on loopback that answers every chat call with a fixed completion and keeps the
+    JSON bodies it received, to see exactly what went on the wire."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        self.url = ""
+
+    def __enter__(self) -> _CaptureServer:
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        async def chat(request: web.Request) -> web.Response:
+            self.bodies.append(await request.json())
+            return web.json_response(
+                {
+                    "choices": [{"message": {"content": "\\boxed{A}"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+                }
+            )
+
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def serve() -> None:
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", chat)
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+            ready.set()
+
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(serve(), self.loop)
+        assert ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_underscore_salts_make_distinct_requests_but_never_reach_the_api(
+    transport: str, tmp_path: Path
+) -> None:
+    messages = [{"role": "user", "content": "Which? A. x B. y"}]
+    attempts = [
+        make_request(f"q1|{a}", MODEL, messages=messages, temperature=0.6, _attempt=a) for a in range(3)
+    ]
+    plain = make_request("q1", MODEL, messages=messages, temperature=0.6)
+    ids = {r["request_id"] for r in [*attempts, plain]}
+    assert len(ids) == 4  # each salt is its own request, and none is the unsalted one
+    assert json.loads(attempts[2]["params"]) == {"_attempt": 2, "temperature": 0.6}  # stored with the salt
+    with _CaptureServer() as srv:
+        cfg = _cfg(srv.url, transport=transport)
+        out = send_local(attempts, cfg, str(tmp_path))
+        assert out.column("error").null_count == 3
+        assert len(srv.bodies) == 3
+        for body in srv.bodies:
+            assert body["temperature"] == 0.6 and not any(k.startswith("_") for k in body), body
+        # The ledger knows each attempt: a rerun sends nothing.
+        assert set(Ledger(str(tmp_path)).answered_ids().to_pylist()) == {r["request_id"] for r in attempts}
+
+
+def test_truncated_and_filtered_answers_are_paid_once_and_returned_as_successes(
+    ray_local: None, tmp_path: Path
+) -> None:
+    """length and content_filter finishes are billed answers: success rows with their finish_reason and
+    whatever came back, stored in the ledger, so a rerun serves them from there instead of paying again."""
+    srv = RehearsalServer(
+        RehearsalConfig(
+            latency_ms=1, reasoning_tokens_mean=30, faults=FaultRates(length=0.3, content_filter=0.3)
+        )
+    )
+    url = srv.start()
+    try:
+        requests = requests_table(_requests(60, "finish"))
+        cfg = _cfg(url, actor_num_cpus=0.25)
+        first = _collect(run_requests(requests, cfg, ledger_uri=str(tmp_path), progress=False))
+        sent = srv.stats()["requests_total"]
+        second = _collect(run_requests(requests, cfg, ledger_uri=str(tmp_path), progress=False))
+        outcomes = srv.stats()["by_outcome"]
+    finally:
+        srv.stop()
+    assert first.num_rows == 60 and first.column("error").null_count == 60
+    reasons = Counter(first.column("finish_reason").to_pylist())
+    assert reasons["content_filter"] > 5 and reasons["length"] > 5 and reasons["stop"] > 5, reasons
+    assert sent == 60  # one attempt each: nothing was retried
+    assert outcomes["content_filter"] == reasons["content_filter"]
+    for row in first.to_pylist():
+        if row["finish_reason"] == "content_filter":
+            assert row["text"] == "" and row["reasoning"] and row["completion_tokens"] > 0
+    assert all(second.column("cached").to_pylist())  # the rerun paid for nothing
+
+    def finishes(t: pa.Table) -> list[tuple]:
+        return sorted(
+            zip(t.column("request_id").to_pylist(), t.column("finish_reason").to_pylist(), strict=True)
+        )
+
+    assert finishes(second) == finishes(first)

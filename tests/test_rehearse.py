@@ -334,6 +334,11 @@ def test_each_fault_has_its_wire_behaviour(kind: str, pool_path: Path) -> None:
             choice = ask(client, prompt).choices[0]
             assert choice.finish_reason == "length" and "\\boxed" not in (choice.message.content or "")
             assert choice.message.reasoning_content  # type: ignore[attr-defined]
+        elif kind == "content_filter":
+            response = ask(client, prompt)
+            choice = response.choices[0]
+            assert choice.finish_reason == "content_filter" and choice.message.content == ""
+            assert choice.message.reasoning_content and response.usage.completion_tokens > 0  # type: ignore[attr-defined]
         else:  # pragma: no cover - a new fault kind needs a case here
             pytest.fail(f"no wire check for fault {kind}")
         stats = srv.stats()

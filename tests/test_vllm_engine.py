@@ -189,6 +189,16 @@ def test_sampling_kwargs() -> None:
         sampling_kwargs("[1]")
 
 
+def test_salts_reach_neither_sampling_params_nor_the_batch_grouping() -> None:
+    from curation.engines.vllm_engine import _sampling_group
+
+    salted = [make_request(f"q|{a}", "tiny", prompt="p", temperature=0.7, _attempt=a) for a in range(3)]
+    assert len({r["request_id"] for r in salted}) == 3
+    assert all(sampling_kwargs(r["params"]) == {"temperature": 0.7, "max_tokens": None} for r in salted)
+    # One vLLM call for all attempts of a prompt, not one per salt.
+    assert len({_sampling_group(r["params"]) for r in salted}) == 1
+
+
 def test_config_rejects_unknown_keys_and_too_few_gpus() -> None:
     with pytest.raises(ValueError, match="replica"):
         VLLMEngineConfig(model="m", replica=2)

@@ -87,6 +87,7 @@ FaultKind = Literal[
     "malformed_json",
     "empty_choices",
     "length",
+    "content_filter",
 ]
 FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
 
@@ -163,6 +164,9 @@ class FaultRates(BaseModel):
     malformed_json: float = Field(0.0, ge=0.0, le=1.0, description="200, application/json, truncated body")
     empty_choices: float = Field(0.0, ge=0.0, le=1.0, description="200 with choices: []")
     length: float = Field(0.0, ge=0.0, le=1.0, description="200, finish_reason length, no boxed answer")
+    content_filter: float = Field(
+        0.0, ge=0.0, le=1.0, description="200, finish_reason content_filter, empty content (reasoning kept)"
+    )
 
     @model_validator(mode="after")
     def _sum_at_most_one(self) -> FaultRates:
@@ -715,7 +719,9 @@ class RehearsalApp:
             if wants_reasoning
             else None
         )
-        if finish == "length":
+        if fault == "content_filter":  # the API withheld the answer; what was thought is still billed
+            finish, content, n_content = "content_filter", "", 0
+        if finish in ("length", "content_filter"):
             verdict = "unanswered"
         fields = {
             "reasoning": reasoning,

@@ -77,6 +77,17 @@ class OpenAIEngineConfig(BaseModel):
     flush_every_rows: int = Field(default=500, ge=1, description="ledger flush after this many new rows")
     flush_every_s: float = Field(default=2.0, gt=0, description="ledger flush at least this often")
     stop_grace_s: float = Field(default=3.0, ge=0, description="on Ctrl-C, in-flight requests get this long")
+    write_ahead: bool = Field(
+        default=True,
+        description="log each answer to a write-ahead segment within milliseconds (local ledgers); "
+        "false: only the Parquet flushes, so a kill -9 loses up to flush_every_s of paid answers",
+    )
+    write_ahead_fsync: bool = Field(
+        default=True, description="fsync each write-ahead group (survives a machine crash, not only kill -9)"
+    )
+    stop_with_driver: bool = Field(
+        default=True, description="workers stop sending as soon as the driver process is gone (kill -9)"
+    )
     extra_headers: dict[str, str] = Field(default_factory=dict)
     extra_body: dict[str, Any] = Field(default_factory=dict)
 

@@ -12,14 +12,19 @@ from the server replaces the backoff when present, and the retry decision depend
 (empty choices), all of which tenacity would need custom hooks for.
 
 Every request ends as exactly one response row. Failures carry ``error`` ('<Type>: <message>', naming the
-request, never the key) and are not written to the ledger, so a rerun tries them again; successes are
-appended to the ledger every ``flush_every_rows`` rows or ``flush_every_s`` seconds and at the end of each
-batch, so a kill -9 loses at most the last few seconds of answers.
+request, never the key) and are not written to the ledger, so a rerun tries them again. Every answer the API
+billed is a success, including truncated (``finish_reason`` length) and withheld (content_filter) ones: they
+are stored with their finish_reason and whatever text came back, and never paid for twice. Successes are
+on disk within milliseconds (a write-ahead segment, see `curation.engines.wal`) and folded into Parquet
+ledger shards every ``flush_every_rows`` rows or ``flush_every_s`` seconds and at the end of each batch.
+Workers stop sending the moment their driver is gone (`curation.engines.liveness`), so a kill -9 of the
+driver pays again at most for the requests that were on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -28,7 +33,7 @@ import random
 import resource
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,13 +43,14 @@ import pyarrow as pa
 from curation.engines.config import OpenAIEngineConfig
 from curation.engines.cost import response_cost
 from curation.engines.ledger import Ledger
+from curation.engines.liveness import DriverRef, DriverWatch, Heartbeat
 from curation.engines.ratelimit import (
     LimiterClient,
     RunCoordinator,
     coordinator_actor,
     estimate_prompt_tokens,
 )
-from curation.engines.request import response_row, responses_table
+from curation.engines.request import engine_params, response_row, responses_table
 
 logger = logging.getLogger(__name__)
 
@@ -290,8 +296,11 @@ class RequestSender:
         limiter: LimiterClient | None,
         concurrency: int,
         api_key: str | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = cfg
+        # Asked right before every attempt: a worker whose driver is gone must not pay for unrecorded answers.
+        self.alive = alive
         self._key = api_key or cfg.api_key()
         self.transport = TRANSPORTS[cfg.transport](cfg, self._key, concurrency)
         self.limiter = limiter
@@ -313,7 +322,8 @@ class RequestSender:
         return estimate_prompt_tokens(request) + int(completion)
 
     def _body(self, request: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {**self.cfg.extra_body, **params, "model": self.cfg.model or request["model"]}
+        sent = engine_params(params)  # salts (_attempt, ...) are ours: part of the id, never on the wire
+        body: dict[str, Any] = {**self.cfg.extra_body, **sent, "model": self.cfg.model or request["model"]}
         if request["kind"] == "chat":
             body["messages"] = request["messages"]
             return "/chat/completions", body
@@ -362,6 +372,9 @@ class RequestSender:
                     return self._fail(
                         request, "Cancelled", "run interrupted before an answer", attempts, latency
                     )
+                if self.alive is not None and not self.alive():
+                    self.stopping = True
+                    return self._fail(request, "Cancelled", "the driver is gone; not sent", attempts, latency)
                 attempts += 1
                 self._count("attempts")
                 started = time.perf_counter()
@@ -432,16 +445,11 @@ class RequestSender:
             "completion_tokens": completion_tokens,
             "cost_usd": cost,
         }
-        if result["finish_reason"] == "content_filter":
-            # Paid for, but no answer: an error row, so a rerun (or a human) can decide what to do.
-            return self._fail(
-                request,
-                "ContentFiltered",
-                "the API withheld the answer (finish_reason content_filter)",
-                attempts,
-                latency,
-                **common,
-            )
+        # Truncated (length) or withheld (content_filter) answers are paid for like any other: they are
+        # successes, kept in the ledger with their finish_reason, and the stage decides what they are worth.
+        # A rerun must not pay for them again.
+        if result["finish_reason"] in ("length", "content_filter"):
+            self._count(f"finish_{result['finish_reason']}")
         self._count("done")
         return response_row(
             request,
@@ -470,17 +478,41 @@ class RequestSender:
 
 # ---- ledger buffering and progress ------------------------------------------------------------------------
 class LedgerSink:
-    """Buffers successful rows and appends them to the ledger by size, by age, and on demand."""
+    """Makes successful rows durable at once (write-ahead segment) and folds them into Parquet shards.
 
-    def __init__(self, ledger: Ledger, flush_every_rows: int, flush_every_s: float) -> None:
+    Each success goes to the worker's write-ahead segment as soon as the writer task is free: whatever
+    arrived while the previous group was being written (and fsync'd) forms the next group, so durability
+    lags an answer by one write, milliseconds, whatever the load. Every ``flush_every_rows`` rows or
+    ``flush_every_s`` seconds, and at the end of each batch, the rows become one Parquet shard; the segment
+    they were in is then rotated out and deleted. Without write-ahead (object-store ledgers, or
+    ``write_ahead: false``) only the Parquet flushes remain and a kill loses up to ``flush_every_s`` of answers.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        flush_every_rows: int,
+        flush_every_s: float,
+        *,
+        write_ahead: bool = True,
+        fsync: bool = True,
+    ) -> None:
         self.ledger = ledger
         self.flush_every_rows = flush_every_rows
         self.flush_every_s = flush_every_s
+        self.write_ahead = write_ahead and ledger.wal_dir is not None
+        self.fsync = fsync
         self.rows: list[dict] = []
         self.oldest = 0.0
         self.written = 0
+        self.logged = 0  # rows made durable in a segment
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task] = set()
+        self._wal_rows: list[dict] = []
+        self._wal_lock = asyncio.Lock()
+        self._wal_wake = asyncio.Event()
+        self._segment: Any = None
+        self._wal_task = asyncio.ensure_future(self._wal_loop()) if self.write_ahead else None
 
     def add(self, row: dict) -> None:
         if row["error"] is not None:
@@ -488,6 +520,9 @@ class LedgerSink:
         if not self.rows:
             self.oldest = time.monotonic()
         self.rows.append(row)
+        if self.write_ahead:
+            self._wal_rows.append(row)
+            self._wal_wake.set()
         if len(self.rows) >= self.flush_every_rows:
             task = asyncio.ensure_future(self.flush())
             self._pending.add(task)
@@ -496,15 +531,53 @@ class LedgerSink:
     def due(self) -> bool:
         return bool(self.rows) and time.monotonic() - self.oldest >= self.flush_every_s
 
+    async def _wal_loop(self) -> None:
+        while True:
+            await self._wal_wake.wait()
+            self._wal_wake.clear()
+            await self._log_pending()
+
+    async def _log_pending(self) -> None:
+        async with self._wal_lock:
+            await self._log_locked()
+
+    async def _log_locked(self) -> None:
+        if not self._wal_rows:
+            return
+        rows, self._wal_rows = self._wal_rows, []
+        if self._segment is None:
+            self._segment = await asyncio.to_thread(self.ledger.open_segment, fsync=self.fsync)
+        await asyncio.to_thread(self._segment.append, responses_table(rows))
+        self.logged += len(rows)
+
     async def flush(self) -> int:
         async with self._lock:
-            if not self.rows:
-                return 0
-            rows, self.rows = self.rows, []
-            # Parquet encoding off the loop: requests keep flowing while the shard is written.
-            written = await asyncio.to_thread(self.ledger.append, responses_table(rows))
+            retired = None
+            if self.write_ahead:
+                async with self._wal_lock:
+                    await self._log_locked()  # the segment now holds every row the shard will
+                    # No await from here to the swap: the rows taken are exactly those logged or just added.
+                    # Rows added during that last write are in `rows` too: the shard makes them durable.
+                    rows, self.rows, self._wal_rows = self.rows, [], []
+                    retired, self._segment = self._segment, None
+            else:
+                rows, self.rows = self.rows, []
+            written = 0
+            if rows:
+                # Parquet encoding off the loop: requests keep flowing while the shard is written.
+                written = await asyncio.to_thread(self.ledger.append, responses_table(rows))
+            if retired is not None:  # everything in it is in a shard now
+                await asyncio.to_thread(retired.close, delete=True)
             self.written += written
             return written
+
+    async def close(self) -> None:
+        """Flush what is buffered and stop the writer task (the worker is done for good)."""
+        await self.flush()
+        if self._wal_task is not None:
+            self._wal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._wal_task
 
 
 def _cpu_s() -> float:
@@ -522,6 +595,7 @@ class _ActorState:
         coordinator: Any,
         remote: bool,
         api_key: str | None = None,
+        driver: DriverRef | None = None,
     ) -> None:
         self.cfg = cfg
         self.coordinator = coordinator
@@ -529,12 +603,28 @@ class _ActorState:
         limiter = None
         if cfg.rpm or cfg.tpm:
             limiter = LimiterClient(coordinator, rpm=cfg.rpm, tpm=cfg.tpm, n_actors=cfg.actors, remote=remote)
-        self.sender = RequestSender(cfg, limiter, cfg.per_actor_concurrency, api_key)
-        self.sink = LedgerSink(Ledger(ledger_uri), cfg.flush_every_rows, cfg.flush_every_s)
+        self.watch: DriverWatch | None = None
+        self.watcher: asyncio.Future | None = None
+        if driver is not None and cfg.stop_with_driver:
+            self.watch = DriverWatch(driver, coordinator if remote else None, on_gone=self._driver_gone)
+            self.watcher = asyncio.ensure_future(self.watch.run())
+        alive = self.watch.alive if self.watch is not None else None
+        self.sender = RequestSender(cfg, limiter, cfg.per_actor_concurrency, api_key, alive=alive)
+        self.sink = LedgerSink(
+            Ledger(ledger_uri),
+            cfg.flush_every_rows,
+            cfg.flush_every_s,
+            write_ahead=cfg.write_ahead,
+            fsync=cfg.write_ahead_fsync,
+        )
         self.worker = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.reported: dict[str, float] = {}
         self.cpu_at_start = _cpu_s()  # imports and actor start-up are not per-request cost
         self.reporter = asyncio.ensure_future(self._report_loop())
+
+    def _driver_gone(self, why: str) -> None:
+        # Stop issuing (retries included); requests already on the wire finish and are logged as usual.
+        self.sender.stopping = True
 
     async def run_batch(self, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
         results = await asyncio.gather(*(self._one(r) for r in rows))
@@ -600,8 +690,16 @@ class OpenAIBatchWorker:
     `Secret`): on a multi-node cluster the variable usually exists on the driver's machine only.
     """
 
-    def __init__(self, cfg: dict, ledger_uri: str, coordinator_name: str, api_key: Secret) -> None:
+    def __init__(
+        self,
+        cfg: dict,
+        ledger_uri: str,
+        coordinator_name: str,
+        api_key: Secret,
+        driver: DriverRef | None = None,
+    ) -> None:
         self.cfg = OpenAIEngineConfig.model_validate(cfg)
+        self.driver = driver
         name = self.cfg.api_key_env
         self.api_key = (os.environ.get(name) if name else None) or api_key.reveal()
         self.ledger_uri = ledger_uri
@@ -614,7 +712,7 @@ class OpenAIBatchWorker:
 
             coordinator = ray.get_actor(self.coordinator_name)
             self.state = _ActorState(
-                self.cfg, self.ledger_uri, coordinator, remote=True, api_key=self.api_key
+                self.cfg, self.ledger_uri, coordinator, remote=True, api_key=self.api_key, driver=self.driver
             )
         return await self.state.run_batch(batch.to_pylist())
 
@@ -630,6 +728,8 @@ class OpenAIRun:
     def __init__(self, cfg: OpenAIEngineConfig, name: str | None = None) -> None:
         self.name = name or f"m1-openai-{uuid.uuid4().hex[:12]}"
         self.handle = coordinator_actor(self.name, rpm=cfg.rpm, tpm=cfg.tpm, burst_s=cfg.burst_s)
+        # Workers on other nodes judge the driver by this heartbeat (same-node workers watch its pid).
+        self.heartbeat = Heartbeat(self.handle)
 
     def totals(self) -> dict[str, Any]:
         import ray
@@ -643,6 +743,7 @@ class OpenAIRun:
         import ray
 
         _RUNS.pop(self.name, None)
+        self.heartbeat.stop()
         ray.kill(self.handle, no_restart=True)
 
 
@@ -670,6 +771,8 @@ def generate(requests: Any, cfg: OpenAIEngineConfig, ledger_uri: str, *, run: Op
             "ledger_uri": ledger_uri,
             "coordinator_name": run.name,
             "api_key": Secret(api_key),
+            # The process consuming the dataset: workers stop sending the moment it is gone.
+            "driver": DriverRef.current(),
         },
         batch_size=batch_size_for(cfg),
         batch_format="pyarrow",
@@ -696,6 +799,7 @@ def send_local(
             return await state.run_batch(rows)
         finally:
             state.reporter.cancel()
+            await state.sink.close()
             await state.sender.close()
 
     return asyncio.run(main())

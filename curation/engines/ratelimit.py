@@ -101,6 +101,7 @@ class RunCoordinator(RateLimiter):
         self.cpu_by_worker: dict[str, float] = {}
         self.stopping = False
         self.cpu_at_start = _cpu_s()
+        self.last_heartbeat: float | None = None
 
     def report(self, delta: Mapping[str, float], worker: str = "", cpu_s: float | None = None) -> bool:
         """Add an actor's counter increments; returns the stop flag so actors learn of Ctrl-C on the way."""
@@ -121,6 +122,14 @@ class RunCoordinator(RateLimiter):
 
     def request_stop(self) -> None:
         self.stopping = True
+
+    def heartbeat(self) -> None:
+        """The driver is alive (see `curation.engines.liveness.Heartbeat`)."""
+        self.last_heartbeat = time.monotonic()
+
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the driver's last heartbeat; None before the first."""
+        return None if self.last_heartbeat is None else time.monotonic() - self.last_heartbeat
 
     def is_stopping(self) -> bool:
         return self.stopping

@@ -2,6 +2,10 @@
 
 A request's id is a hash of everything that determines its answer (model, kind, messages or prompt,
 sampling parameters), so the same call made by two stages or two runs has the same id and is paid once.
+
+Parameters whose names start with an underscore (``_attempt=2``) are salts: they are part of the id and of
+the stored ``params``, but no engine ever sees them. A stage resampling the same prompt gives each attempt
+its own salt, so each attempt is its own request, paid once, and found again by a rerun.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ def canonical_params(params: Mapping[str, Any]) -> str:
     )
 
 
+def engine_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters an engine receives: ``params`` without the underscore-prefixed salts."""
+    return {k: v for k, v in params.items() if not k.startswith("_")}
+
+
 def request_id(
     model: str, kind: str, messages: Sequence[Mapping[str, str]] | None, prompt: str | None, params_json: str
 ) -> str:
@@ -41,7 +50,11 @@ def make_request(
     prompt: str | None = None,
     **params: Any,
 ) -> dict[str, Any]:
-    """A row of the `requests` table. Give ``messages`` for a chat call or ``prompt`` for a completion call."""
+    """A row of the `requests` table. Give ``messages`` for a chat call or ``prompt`` for a completion call.
+
+    ``params`` are the sampling parameters sent to the engine (temperature, max_tokens, seed, ...), plus any
+    salts named with a leading underscore (``_attempt=2``): salts change the request id but are never sent.
+    """
     if (messages is None) == (prompt is None):
         raise ValueError(f"request {key!r}: give exactly one of messages (chat) or prompt (completion)")
     kind = "chat" if messages is not None else "completion"

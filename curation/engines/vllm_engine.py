@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation.engines.request import response_row, responses_table
+from curation.engines.request import canonical_params, engine_params, response_row, responses_table
 
 if TYPE_CHECKING:
     import ray.data
@@ -96,11 +96,13 @@ def sampling_kwargs(params_json: str) -> dict[str, Any]:
 
     Keys are vLLM's SamplingParams names (temperature, top_p, top_k, max_tokens, stop, seed, ...), which the
     OpenAI names share. No max_tokens means "up to the context length", as in the OpenAI API.
+    Salts (keys starting with ``_``, see `curation.engines.request`) are dropped.
     Raises ValueError for n != 1: a `responses` row holds one answer.
     """
     params = json.loads(params_json)
     if not isinstance(params, dict):
         raise ValueError(f"params must be a JSON object, got {params_json!r}")
+    params = engine_params(params)
     n = params.get("n", 1)
     if n != 1:
         raise ValueError(f"n={n} is not supported: one request gives one response; send n requests instead")
@@ -109,11 +111,22 @@ def sampling_kwargs(params_json: str) -> dict[str, Any]:
     return kwargs
 
 
+def _sampling_group(params_json: str) -> str:
+    """The params that reach vLLM, as canonical JSON (the raw text when it is not valid JSON)."""
+    try:
+        params = json.loads(params_json)
+    except ValueError:
+        return params_json
+    return canonical_params(engine_params(params)) if isinstance(params, dict) else params_json
+
+
 class VLLMReplica:
     """Ray Data callable class: one vllm.LLM per actor; maps `requests` batches to `responses` batches."""
 
-    def __init__(self, cfg: Mapping[str, Any], ledger_uri: str | None) -> None:
+    def __init__(self, cfg: Mapping[str, Any], ledger_uri: str | None, driver: Any = None) -> None:
         self.cfg = VLLMEngineConfig.model_validate(cfg)
+        # Same-node replicas stop generating once the driver is gone (kill -9): nobody would read the rows.
+        self.driver = driver if driver is not None and driver.same_node() else None
         self._set_environment()
         from vllm import LLM, SamplingParams
 
@@ -150,6 +163,11 @@ class VLLMReplica:
         chunk = self.cfg.flush_every_rows or max(1, len(rows))
         for start in range(0, len(rows), chunk):
             indices = range(start, min(start + chunk, len(rows)))
+            if self.driver is not None and not self.driver.alive_here():
+                gone = RuntimeError(f"the driver (pid {self.driver.pid}) is gone; not generated")
+                for i in indices:
+                    out[i] = self._error_row(rows[i], gone, attempts=0)
+                continue
             fresh = self._answer([(i, rows[i]) for i in indices])
             for i, row in fresh:
                 out[i] = row
@@ -162,7 +180,8 @@ class VLLMReplica:
         groups: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
         answered: list[tuple[int, dict[str, Any]]] = []
         for i, req in indexed:
-            groups.setdefault((req["kind"], req["params"]), []).append((i, req))
+            # Salted attempts of one prompt share sampling parameters: one group, one batched vLLM call.
+            groups.setdefault((req["kind"], _sampling_group(req["params"])), []).append((i, req))
         for (kind, params_json), members in groups.items():
             try:
                 if kind not in ("chat", "completion"):
@@ -235,9 +254,15 @@ def generate(
     """
     import ray.data
 
+    from curation.engines.liveness import DriverRef
+
     return requests.map_batches(
         VLLMReplica,
-        fn_constructor_kwargs={"cfg": cfg.model_dump(), "ledger_uri": ledger_uri},
+        fn_constructor_kwargs={
+            "cfg": cfg.model_dump(),
+            "ledger_uri": ledger_uri,
+            "driver": DriverRef.current(),
+        },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
