@@ -1,6 +1,6 @@
 """The `m1` command line: one console script, one subcommand per capability.
 
-m1 curate [CONFIG.yaml] --run-dir DIR [--stages ingest,...] [--force]
+m1 curate CONFIG.yaml|demo --run-dir DIR [--stages ingest,...] [--force]
 m1 sql RUN_DIR "SELECT ..." [--format table|csv|json]
 m1 runs [ROOT]
 m1 synth OUT_DIR --rows N          (synthetic pools for benchmarks)
@@ -46,6 +46,18 @@ def default_config_path() -> Path:
     return Path(str(files("curation").joinpath(DEFAULT_CONFIG)))
 
 
+def config_arg(config: str | None) -> Path:
+    """The config named on the command line; ``demo`` names the embedded demo config (never a silent default)."""
+    if not config:
+        raise UserError(
+            "no config given: name a YAML config (m1 curate my_config.yaml --run-dir ...), or `demo` for the "
+            f"embedded demo config ({default_config_path()}; `m1 demo` runs the whole demo)"
+        )
+    if config == "demo" and not Path(config).exists():
+        return default_config_path()
+    return Path(config)
+
+
 def stage_registry() -> dict[str, Callable[[], Any]]:
     """Stage name -> factory, in pipeline order (see curation/stages/__init__.py)."""
     from curation.stages import stage_registry as registry
@@ -56,11 +68,12 @@ def stage_registry() -> dict[str, Callable[[], Any]]:
 # ---- curate ----------------------------------------------------------------------------------------
 def cmd_curate(args: argparse.Namespace) -> int:
     from curation.config import load_config
+    from curation.jobenv import check_run_dir
     from curation.pipeline import format_funnel, run_stages
     from curation.store.catalog import write_catalog
     from curation.store.runstore import RunStore
 
-    config_path = Path(args.config) if args.config else default_config_path()
+    config_path = config_arg(args.config)
     cfg = load_config(config_path)
     registry = stage_registry()
     wanted = (
@@ -75,6 +88,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
         )
     # Stages always run in pipeline order, whatever order --stages lists them in.
     stages = [registry[name]() for name in registry if name in wanted]
+    check_run_dir(args.run_dir)  # under `ray job submit`: no run dir inside the job's temporary working dir
     created = _is_local(args.run_dir) and not os.path.lexists(args.run_dir)
     store = RunStore(args.run_dir)
     print(f"m1 curate: config {config_path} -> run {store.location('')}")
@@ -223,9 +237,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("curate", help="run the configured curation stages (with resume)")
-    p.add_argument("config", nargs="?", help="YAML config (default: the embedded demo config)")
+    p.add_argument("config", nargs="?", help="YAML config, or `demo` for the embedded demo config")
     p.add_argument("--run-dir", required=True, help="run directory (local path or s3://... URI)")
-    p.add_argument("--stages", help="comma-separated subset of stages to run")
+    from curation.stages import PIPELINE
+
+    p.add_argument(
+        "--stages",
+        help=f"comma-separated subset of stages to run (in pipeline order: {', '.join(n for n, _ in PIPELINE)})",
+    )
     p.add_argument("--force", action="store_true", help="rerun stages even if complete for this config")
     p.add_argument(
         "--dry-run",

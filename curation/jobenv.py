@@ -1,0 +1,144 @@
+"""Where this process runs: a plain shell, or the entrypoint of a `ray job submit`.
+
+Under `ray job submit --working-dir .` the entrypoint runs inside Ray's unpacked copy of the working dir
+(``.../runtime_resources/working_dir_files/_ray_pkg_<hash>``): a temporary folder, without ``.git``, at a path
+that changes with the content of the upload. Three consequences, handled here:
+
+- a relative run dir would be written inside that temporary copy and lost: :func:`check_run_dir` refuses it;
+- absolute paths to files of the working dir differ between submissions: :func:`portable_paths` rewrites paths
+  under the working dir as relative ones before they are hashed, so a resubmission resumes;
+- ``git rev-parse`` finds no repository: :func:`submitted_commit` reads the commit the submitter attached
+  (``--metadata-json '{"git_commit": "..."}'``) and :func:`code_hash` fingerprints the code that actually ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from curation.errors import UserError
+
+# Set by Ray's job supervisor for the entrypoint process: the job's runtime env and metadata, as JSON.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# The packages whose source makes up "the code that ran" (those this project installs).
+CODE_PACKAGES = ("curation", "schemas", "sft", "evaluation")
+
+
+class JobPathError(UserError):
+    """A path that cannot work inside a Ray job (it would land in the job's temporary working dir)."""
+
+
+def job_config() -> dict[str, Any] | None:
+    """The submitted job's runtime env and metadata when this process is a `ray job submit` entrypoint."""
+    raw = os.environ.get(JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def job_metadata() -> dict[str, Any]:
+    cfg = job_config() or {}
+    meta = cfg.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def job_id() -> str | None:
+    """The submission id (``raysubmit_...``) of the Ray job this process runs in, if any."""
+    return job_metadata().get("job_submission_id") if job_config() is not None else None
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def check_run_dir(run_dir: str) -> None:
+    """Refuse a run dir that would be written inside a Ray job's temporary working dir.
+
+    Outside a job, any path is fine. Inside one, the run dir must be a URI (``s3://``, ``gs://``, ...) or an
+    absolute path outside the unpacked working dir (storage every node sees at the same path).
+    """
+    if job_config() is None or _is_uri(run_dir):
+        return
+    cwd = Path.cwd().resolve()
+    target = Path(run_dir)
+    where = f"this runs as a Ray job ({job_id() or 'ray job submit'}) in a temporary copy of the working dir ({cwd})"
+    advice = (
+        "that Ray deletes and that other nodes cannot see. Give --run-dir as storage every node reaches at the "
+        "same path: an absolute path on a shared filesystem (e.g. /mnt/shared/runs/m23k) or an object-store URI "
+        "(s3://bucket/runs/m23k, gs://bucket/runs/m23k)"
+    )
+    if not target.is_absolute():
+        raise JobPathError(f"--run-dir {run_dir!r} is relative, and {where}, {advice}")
+    resolved = target.resolve()
+    if resolved == cwd or cwd in resolved.parents:
+        raise JobPathError(f"--run-dir {run_dir!r} lies inside the job's working dir: {where}, {advice}")
+
+
+def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
+    """``obj`` with every absolute local path under the job's working dir made relative to it.
+
+    Used on what a stage hashes and records: in a Ray job the working dir is unpacked at
+    ``.../_ray_pkg_<hash>``, a folder whose name changes whenever any file of the upload changes; relative to
+    it, the same config gives the same hash on every submission, so a resubmission resumes. File contents are
+    hashed separately (``files`` in a stage's inputs), so a relative path loses nothing. Outside a job (and
+    without ``root``) ``obj`` is returned as it is: local runs keep their absolute paths, whatever the cwd.
+    """
+    if root is None:
+        if job_config() is None:
+            return obj
+        root = Path.cwd()
+    base = Path(root).resolve()
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [rewrite(v) for v in value]
+        if isinstance(value, str) and value.startswith("/") and not _is_uri(value):
+            path = Path(value)
+            try:
+                rel = path.relative_to(base)
+            except ValueError:
+                return value
+            return str(rel) if str(rel) != "." else "."
+        return value
+
+    return rewrite(obj)
+
+
+def submitted_commit() -> str | None:
+    """The git commit the submitter attached to the job (`--metadata-json '{"git_commit": "..."}'`), or
+    ``M1_GIT_COMMIT`` from the environment (images built from a commit can set it)."""
+    value = job_metadata().get("git_commit") or os.environ.get("M1_GIT_COMMIT")
+    return str(value) if value else None
+
+
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """sha256 (16 hex) of the project's Python sources and packaged configs as imported now.
+
+    Recorded in every manifest: it says which code ran even where there is no ``.git`` (a Ray job's working
+    dir, an installed wheel). Two runs with the same hash ran the same code.
+    """
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for package in CODE_PACKAGES:
+        pkg = root / package
+        if not pkg.is_dir():
+            continue
+        for file in sorted(pkg.rglob("*")):
+            if file.suffix not in (".py", ".yaml") or "__pycache__" in file.parts or not file.is_file():
+                continue
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(b"\0")
+            digest.update(file.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
