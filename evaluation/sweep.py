@@ -394,6 +394,12 @@ def add_parser(subparsers: Any) -> Any:
     parser.add_argument(
         "--markdown", action="store_true", help="print the accuracy table as Markdown at the end"
     )
+    parser.add_argument(
+        "--matcher",
+        choices=["strict", "m1"],
+        default="strict",
+        help="accuracy in the Markdown table: strict (INVALID counted as wrong) or the HuatuoGPT/m1 matcher",
+    )
     parser.set_defaults(func=_cli)
     return parser
 
@@ -410,7 +416,8 @@ def _cli(args: Any) -> int:
     if args.markdown:
         from evaluation.report import accuracy_markdown
 
-        print(accuracy_markdown(RunStore(args.run_dir, create=False)))
+        metric = "accuracy_m1" if args.matcher == "m1" else "accuracy"
+        print(accuracy_markdown(RunStore(args.run_dir, create=False), metric=metric))
     print(
         f'query: m1 sql {args.run_dir} "SELECT model, benchmark, budget, forcing, accuracy FROM eval_scores"'
     )

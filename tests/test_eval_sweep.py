@@ -166,7 +166,7 @@ def _config(tiny_model_dir: Path, benchmarks: list[dict], **over) -> dict:
 
 
 @pytest.mark.slow
-def test_grid_streams_cells_and_resumes(ray_local, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_grid_streams_cells_and_resumes(ray_local, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     from curation.cli import main
     from evaluation.sweep import run_eval
 
@@ -202,6 +202,16 @@ def test_grid_streams_cells_and_resumes(ray_local, tiny_model_dir: Path, tmp_pat
     assert (
         main(["sql", run_dir, "SELECT count(*) FROM eval_scores WHERE budget = 48", "--format", "json"]) == 0
     )
+    # the CLI on a finished grid: nothing to run, the Markdown table printed (here with the m1 matcher)
+    import yaml
+
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(_config(tiny_model_dir, benches, budgets=[8, 16, 32, 48])))
+    capsys.readouterr()
+    assert main(["eval", str(config), "--run-dir", run_dir, "--markdown", "--matcher", "m1"]) == 0
+    out = capsys.readouterr().out
+    assert "0 cells run, 16 already finished" in out
+    assert "HuatuoGPT/m1 matcher" in out and "| tiny | bench0 | budget | 1 |" in out
 
 
 @pytest.mark.slow
