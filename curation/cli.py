@@ -37,6 +37,7 @@ PLUGIN_MODULES = {
     "tiny-model": "curation.devtools.tiny_model",
     "ledger-import": "curation.engines.importer",
     "export": "curation.store.export",
+    "mesh": "curation.mesh.cli",
     "eval": "evaluation.sweep",
     "report": "evaluation.report",
 }

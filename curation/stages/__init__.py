@@ -18,6 +18,8 @@ PIPELINE: list[tuple[str, str]] = [
     ("score", "curation.stages.score:ScoreStage"),
     ("teacher", "curation.stages.teacher:TeacherStage"),
     ("curate", "curation.stages.curate:CurateStage"),
+    # classify goes after m23k and before sample (their lines are added by the m23k/sample work)
+    ("classify", "curation.stages.classify:ClassifyStage"),
 ]
 
 
