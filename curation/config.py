@@ -113,12 +113,105 @@ class RayOptions(Strict):
 
 
 # ---- stage sections: one model per stage, owned by that stage (curation/stages/<stage>.py reads it) -------
+class MinHashOptions(Strict):
+    """MinHash LSH parameters (curation/rules/minhash.py); give bands and rows, or an LSH threshold."""
+
+    shingle: Literal["word", "char"] = Field("word", description="word k-shingles or char (byte) k-grams")
+    k: int = Field(5, ge=1, description="shingle size (words or characters)")
+    num_perm: int = Field(128, ge=1, le=1024, description="number of permutations (signature length)")
+    bands: int | None = Field(None, ge=1, description="LSH bands (with rows); None: derived from lsh_threshold")
+    rows: int | None = Field(None, ge=1, description="signature values per band")
+    lsh_threshold: float = Field(
+        0.7, gt=0.0, lt=1.0, description="when bands/rows are not given: the threshold they are optimised for"
+    )
+    seed: int = Field(1, description="seed of the permutations (numpy default_rng)")
+    max_bucket: int = Field(1000, ge=2, description="an LSH bucket larger than this pairs only with its first rows")
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> MinHashOptions:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither (then lsh_threshold decides them)")
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+    def banding(self) -> tuple[int, int]:
+        """(bands, rows): as given, or optimised for lsh_threshold (datasketch's rule)."""
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        from curation.rules.minhash import optimal_bands
+
+        return optimal_bands(self.lsh_threshold, self.num_perm)
+
+
 class DedupOptions(Strict):
     """Exact and near-duplicate removal over the pool (curation/stages/dedup.py)."""
+
+    text: Literal["prompt", "question", "question_options"] = Field(
+        "prompt",
+        description="what is compared: the rendered prompt (m1), the question only, or the question with its "
+        "option texts sorted (independent of option order)",
+    )
+    exact: bool = Field(True, description="drop exact copies (same text) before near-duplicate matching")
+    exact_normalize: bool = Field(
+        True, description="exact copies compare lower-cased with whitespace collapsed; false: byte-identical"
+    )
+    near: bool = Field(True, description="near-duplicate matching with MinHash LSH candidates")
+    measure: Literal["jaccard", "ratio"] = Field(
+        "jaccard", description="verify candidates by exact shingle Jaccard, or rapidfuzz fuzz.ratio (m1)"
+    )
+    threshold: float = Field(0.8, gt=0.0, description="jaccard: 0-1; ratio: 0-100 (m1: 95); pairs >= it match")
+    rule: Literal["cluster", "earlier"] = Field(
+        "cluster",
+        description="cluster: connected components of verified pairs, keep the lowest pool_index; "
+        "earlier: m1's rule, drop a row iff some earlier row matches it (not transitive)",
+    )
+    # 21 x 6: P(candidate) 0.998 at Jaccard 0.8, 0.93 at 0.7, 0.28 at 0.5 (datasketch's 0.8 optimum, 9 x 13,
+    # catches only 40% of pairs at 0.8).
+    minhash: MinHashOptions = Field(default_factory=lambda: MinHashOptions(bands=21, rows=6))
+    threads: int | None = Field(None, ge=1, description="threads for the MinHash kernels (None: all cores)")
+    batch_rows: int = Field(65_536, ge=1, description="rows per streamed batch")
+
+    @model_validator(mode="after")
+    def _threshold_scale(self) -> DedupOptions:
+        if self.measure == "jaccard" and self.threshold > 1:
+            raise ValueError(f"jaccard threshold must be in (0, 1], got {self.threshold}")
+        if self.measure == "ratio" and not 1 < self.threshold <= 100:
+            raise ValueError(f"ratio threshold is on rapidfuzz's 0-100 scale (m1: 95), got {self.threshold}")
+        return self
 
 
 class DecontaminateOptions(Strict):
     """Removal of pool rows that overlap evaluation sets (curation/stages/decontaminate.py)."""
+
+    eval_sets: list[SourceConfig] = Field(
+        default_factory=list, description="evaluation sets, any ingestible source (format, path, split)"
+    )
+    ngram: int | None = Field(13, ge=1, description="word n-gram overlap (s1: 13); None: off")
+    ngram_overlap: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of the pool text's n-grams found in one eval text for a match; 0: any shared n-gram "
+        "(GPT-3/s1 style, which also flags shared boilerplate sentences)",
+    )
+    minhash_threshold: float | None = Field(
+        0.8, gt=0.0, le=1.0, description="MinHash-verified Jaccard >= this is a match; None: off"
+    )
+    minhash: MinHashOptions = Field(default_factory=lambda: MinHashOptions(bands=21, rows=6))
+    ratio_threshold: float | None = Field(
+        None, gt=1.0, le=100.0, description="rapidfuzz fuzz.ratio >= this on prompts and questions (m1: 95)"
+    )
+    ratio_minhash: MinHashOptions = Field(
+        default_factory=lambda: MinHashOptions(shingle="char", k=5, num_perm=128, bands=32, rows=4),
+        description="candidate generation for the ratio check (char shingles, tuned for ratio >= 95)",
+    )
+    min_question_words: int = Field(
+        10, ge=1, description="question-only checks skip questions shorter than this (generic stems)"
+    )
+    second_pass: bool = Field(True, description="check the curated set again in the m23k stage (m1 did)")
+    threads: int | None = Field(None, ge=1)
+    batch_rows: int = Field(65_536, ge=1)
 
 
 # m1's difficulty and teacher prompt: user-only, the boxed instruction, then the rendered question.
@@ -215,6 +308,28 @@ class ClassifyOptions(Strict):
 class SampleOptions(Strict):
     """Diversity sampling into m1K (curation/stages/sample.py)."""
 
+    method: Literal["m1", "s1", "quota"] = Field(
+        "m1",
+        description="m1: domain, then source, then row, uniformly (m1's loop); s1: domain uniformly, then "
+        "longer reasoning first with weight 2^-rank; quota: fixed per-domain counts",
+    )
+    size: int = Field(1000, ge=1, description="rows to select (stops early when the table runs out)")
+    seed: int = Field(42, description="numpy default_rng seed (m1: 42)")
+    quotas: dict[str, int] = Field(
+        default_factory=dict, description="quota method: domain_code -> rows; domains not named get none"
+    )
+
+    @model_validator(mode="after")
+    def _quotas(self) -> SampleOptions:
+        if self.method == "quota" and not self.quotas:
+            raise ValueError("method quota needs quotas: {domain_code: rows, ...}")
+        if self.quotas and self.method != "quota":
+            raise ValueError(f"quotas are only for method quota, not {self.method}")
+        bad = [c for c, n in self.quotas.items() if n < 0]
+        if bad:
+            raise ValueError(f"quotas must be >= 0; negative for {bad}")
+        return self
+
 
 class CurationConfig(Strict):
     name: str = "m1"
@@ -283,7 +398,9 @@ def _find_secrets(obj: Any, path: str = "") -> list[str]:
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    for src in raw.get("sources") or []:
+    decon = raw.get("decontaminate")
+    evals = (decon.get("eval_sets") or []) if isinstance(decon, dict) else []
+    for src in [*(raw.get("sources") or []), *(evals if isinstance(evals, list) else [])]:
         if isinstance(src, dict) and isinstance(src.get("path"), str):
             p = src["path"]
             if not (p.startswith("hf:") or "://" in p or os.path.isabs(p)):

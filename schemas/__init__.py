@@ -9,6 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from schemas.base import SchemaError, TableSchema
+from schemas.curation_tables import CANDIDATES, CONTAMINATION, DEDUP, M1K, M23K, SAMPLES
 from schemas.evaluation import EVAL_RESPONSES, EVAL_SCORES
 from schemas.llm import REQUESTS, RESPONSES
 from schemas.llm_stages import CURATED, DIFFICULTY, SCORES, TRACES
@@ -30,6 +31,12 @@ REGISTRY: dict[str, TableSchema] = {
         MESH_ENTRY_TERMS,
         MESH_QUALIFIERS,
         LABELS,
+        DEDUP,
+        CONTAMINATION,
+        CANDIDATES,
+        M23K,
+        SAMPLES,
+        M1K,
         EVAL_RESPONSES,
         EVAL_SCORES,
     )
@@ -37,8 +44,6 @@ REGISTRY: dict[str, TableSchema] = {
 
 # Names reserved for the tables of later stages; documented here so nobody reuses them for something else.
 RESERVED: dict[str, str] = {
-    "dedup": "MinHash near-duplicate and decontamination decisions: qid, cluster id, kept/dropped, matched id",
-    "samples": "the curated subsets (m23K, m1K): qid, subset, draw order, and the released record fields",
 }
 
 

@@ -15,9 +15,13 @@ from typing import Any
 # (stage name, "module:Class"), in pipeline order. Stages always run in this order.
 PIPELINE: list[tuple[str, str]] = [
     ("ingest", "curation.stages.ingest:IngestStage"),
+    ("dedup", "curation.stages.dedup:DedupStage"),
+    ("decontaminate", "curation.stages.decontaminate:DecontaminateStage"),
     ("score", "curation.stages.score:ScoreStage"),
     ("teacher", "curation.stages.teacher:TeacherStage"),
     ("curate", "curation.stages.curate:CurateStage"),
+    ("m23k", "curation.stages.m23k:M23kStage"),
+    ("sample", "curation.stages.sample:SampleStage"),
     # classify goes after m23k and before sample (their lines are added by the m23k/sample work)
     ("classify", "curation.stages.classify:ClassifyStage"),
 ]

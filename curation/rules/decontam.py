@@ -1,0 +1,214 @@
+"""Which pool rows overlap an evaluation set, by three measures on two texts each.
+
+Texts: ``question`` (the question alone) and ``question_options`` (the question, then the option texts sorted: a
+copy with its options reordered has the same text). Question-only checks skip questions of fewer than
+``min_question_words`` words on either side: short generic stems ("Which of the following is true?") recur across
+unrelated questions. The prompt check (ratio) compares m1's rendered prompts.
+
+- ``ngram``: the pool text shares word n-grams (s1: 13) with an eval text of the same kind: at least
+  ``ngram_overlap`` of the pool text's n-grams (0: any one, GPT-3/s1 style, which also flags texts that only share
+  a boilerplate sentence); a text of fewer than n words is one n-gram of all its words. Hashes are 64-bit. The
+  similarity recorded is the shared fraction.
+- ``minhash``: word-shingle MinHash LSH candidates, verified by exact Jaccard >= the threshold.
+- ``ratio`` (m1): char-shingle MinHash LSH candidates, verified by rapidfuzz ``fuzz.ratio`` >= the threshold on
+  prompts and on questions.
+
+One match per (pool row, eval set) is kept: the first method in that order, then the highest similarity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from curation.config import DecontaminateOptions
+from curation.rules import minhash as mh
+
+METHOD_ORDER = ("ngram", "minhash", "ratio")
+
+
+def _hasher(o) -> mh.MinHasher:  # noqa: ANN001
+    return mh.MinHasher(o.shingle, o.k, o.num_perm, o.seed)
+
+
+@dataclass
+class _Side:
+    """One text kind of one eval set, prepared for lookups."""
+
+    texts: pa.Array
+    valid: np.ndarray
+    ngram_values: np.ndarray | None = None  # sorted unique-per-row 64-bit n-gram hashes
+    ngram_rows: np.ndarray | None = None
+    mh_bands: np.ndarray | None = None
+    mh_sets: mh.ShingleSets | None = None
+    ratio_bands: np.ndarray | None = None
+
+
+@dataclass
+class EvalIndex:
+    """An evaluation set prepared for :func:`find_matches`."""
+
+    name: str
+    refs: list[str]
+    sides: dict[str, _Side] = field(default_factory=dict)
+
+
+def texts_of(table: pa.Table) -> dict[str, pa.Array]:
+    """question, question_options and prompt texts of a questions-shaped table."""
+    from curation.stages.dedup import comparison_texts
+
+    return {k: comparison_texts(table, k) for k in ("question", "question_options", "prompt")}
+
+
+def build_index(name: str, questions: pa.Table, opts: DecontaminateOptions) -> EvalIndex:
+    """Prepare an ingested evaluation set (a questions table) for matching."""
+    texts = texts_of(questions)
+    index = EvalIndex(name=name, refs=questions.column("source_id").to_pylist())
+    n = questions.num_rows
+    for kind in ("question", "question_options", "prompt"):
+        valid = np.ones(n, dtype=bool)
+        if kind == "question":
+            valid = mh.word_counts(texts[kind]) >= opts.min_question_words
+        side = _Side(texts=texts[kind], valid=valid)
+        if kind != "prompt":
+            if opts.ngram:
+                sets = mh.MinHasher("word", opts.ngram).shingle_sets(texts[kind])
+                rows = np.repeat(np.arange(n), sets.sizes)
+                idx = np.repeat(sets.offsets[:-1], sets.sizes) + (
+                    np.arange(int(sets.sizes.sum()))
+                    - np.repeat(np.cumsum(sets.sizes) - sets.sizes, sets.sizes)
+                )
+                values = sets.values[idx]
+                keep = valid[rows]
+                order = np.argsort(values[keep], kind="stable")
+                side.ngram_values = values[keep][order]
+                side.ngram_rows = rows[keep][order]
+            if opts.minhash_threshold is not None:
+                h = _hasher(opts.minhash)
+                sig, counts = h.signatures(texts[kind])
+                side.mh_bands = mh.band_hashes(sig, *opts.minhash.banding())
+                side.mh_sets = h.shingle_sets(texts[kind])
+                side.valid = valid & (counts > 0)
+        if opts.ratio_threshold is not None and kind in ("question", "prompt"):
+            sig, counts = _hasher(opts.ratio_minhash).signatures(texts[kind])
+            side.ratio_bands = mh.band_hashes(sig, *opts.ratio_minhash.banding())
+            side.valid = side.valid & (counts > 0)
+        index.sides[kind] = side
+    return index
+
+
+@dataclass
+class Matches:
+    """Matches of a batch of pool rows (``row`` indexes the batch), one per (row, eval set)."""
+
+    row: np.ndarray
+    eval_set: list[str]
+    eval_ref: list[str]
+    method: list[str]
+    similarity: np.ndarray
+
+
+def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOptions) -> Matches:
+    """Matches of the rows of ``pool`` (a questions-shaped table) against every eval set."""
+    texts = texts_of(pool)
+    n = pool.num_rows
+    words = mh.word_counts(texts["question"])
+    q_valid = words >= opts.min_question_words
+    found: list[
+        tuple[np.ndarray, int, np.ndarray, int, str, np.ndarray]
+    ] = []  # rows, set, eval rows, prio...
+    ngram_sets = {}
+    if opts.ngram:
+        h = mh.MinHasher("word", opts.ngram)
+        ngram_sets = {k: h.shingle_sets(texts[k]) for k in ("question", "question_options")}
+    mh_state = {}
+    if opts.minhash_threshold is not None:
+        h = _hasher(opts.minhash)
+        for k in ("question", "question_options"):
+            sig, counts = h.signatures(texts[k])
+            valid = counts > 0 if k == "question_options" else (counts > 0) & q_valid
+            mh_state[k] = (mh.band_hashes(sig, *opts.minhash.banding()), h.shingle_sets(texts[k]), valid)
+    ratio_state = {}
+    if opts.ratio_threshold is not None:
+        h = _hasher(opts.ratio_minhash)
+        for k in ("question", "prompt"):
+            sig, counts = h.signatures(texts[k])
+            valid = counts > 0 if k == "prompt" else (counts > 0) & q_valid
+            ratio_state[k] = (mh.band_hashes(sig, *opts.ratio_minhash.banding()), valid)
+
+    for s, index in enumerate(indexes):
+        for kind, sets in ngram_sets.items():
+            side = index.sides[kind]
+            if side.ngram_values is None or not len(side.ngram_values):
+                continue
+            rows = np.repeat(np.arange(n), sets.sizes)
+            idx = np.repeat(sets.offsets[:-1], sets.sizes) + (
+                np.arange(int(sets.sizes.sum())) - np.repeat(np.cumsum(sets.sizes) - sets.sizes, sets.sizes)
+            )
+            values = sets.values[idx]
+            lo = np.searchsorted(side.ngram_values, values, side="left")
+            hi = np.searchsorted(side.ngram_values, values, side="right")
+            if kind == "question":
+                hi = np.where(q_valid[rows], hi, lo)
+            reps = hi - lo
+            if not reps.any():
+                continue
+            # Every (pool row, eval row) sharing an n-gram, and the share of the pool text's n-grams they share.
+            within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+            owners = side.ngram_rows[np.repeat(lo, reps) + within]
+            n_eval = len(index.refs)
+            uk, shared = np.unique(np.repeat(rows, reps) * n_eval + owners, return_counts=True)
+            pr, er = uk // n_eval, uk % n_eval
+            share = shared / np.maximum(sets.sizes[pr], 1)
+            ok = share >= opts.ngram_overlap
+            if ok.any():
+                found.append((pr[ok], s, er[ok], 0, f"ngram{opts.ngram}_{kind}", share[ok]))
+        for kind, (bands, sets, valid) in mh_state.items():
+            side = index.sides[kind]
+            pairs = mh.cross_pairs(bands, side.mh_bands, left_valid=valid, right_valid=side.valid)
+            if not len(pairs):
+                continue
+            sim = sets.jaccard(pairs[:, 0], pairs[:, 1], side.mh_sets)
+            ok = sim >= opts.minhash_threshold
+            if ok.any():
+                found.append((pairs[ok, 0], s, pairs[ok, 1], 1, f"minhash_{kind}", sim[ok]))
+        for kind, (bands, valid) in ratio_state.items():
+            side = index.sides[kind]
+            pairs = mh.cross_pairs(bands, side.ratio_bands, left_valid=valid, right_valid=side.valid)
+            if not len(pairs):
+                continue
+            from rapidfuzz import fuzz, process
+
+            sim = process.cpdist(
+                texts[kind].take(pa.array(pairs[:, 0])).to_pylist(),
+                side.texts.take(pa.array(pairs[:, 1])).to_pylist(),
+                scorer=fuzz.ratio,
+                workers=-1,
+                dtype=np.float64,
+                score_cutoff=opts.ratio_threshold,
+            )
+            ok = sim >= opts.ratio_threshold
+            if ok.any():
+                found.append((pairs[ok, 0], s, pairs[ok, 1], 2, f"ratio_{kind}", sim[ok]))
+
+    if not found:
+        return Matches(np.empty(0, np.int64), [], [], [], np.empty(0))
+    rows = np.concatenate([f[0] for f in found]).astype(np.int64)
+    sets_ = np.concatenate([np.full(len(f[0]), f[1]) for f in found])
+    erows = np.concatenate([f[2] for f in found]).astype(np.int64)
+    prio = np.concatenate([np.full(len(f[0]), f[3]) for f in found])
+    methods = np.concatenate([np.full(len(f[0]), i) for i, f in enumerate(found)])
+    sims = np.concatenate([f[5] for f in found]).astype(np.float64)
+    order = np.lexsort((erows, -sims, prio, sets_, rows))
+    key = rows[order] * (len(indexes) + 1) + sets_[order]
+    first = order[np.flatnonzero(np.r_[True, key[1:] != key[:-1]])]
+    names = [f[4] for f in found]
+    return Matches(
+        row=rows[first],
+        eval_set=[indexes[i].name for i in sets_[first]],
+        eval_ref=[indexes[sets_[t]].refs[erows[t]] for t in first],
+        method=[names[m] for m in methods[first]],
+        similarity=sims[first],
+    )

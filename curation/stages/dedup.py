@@ -1,0 +1,299 @@
+"""Dedup: questions -> ``dedup`` (a decision per pool row) and ``rejects/dedup`` (the dropped rows, with why).
+
+1. One streamed pass over the pool (pool order: the questions table is written sources in config order, rows in
+   file order; a row's position is its ``pool_index``): per batch, the compared text (``dedup.text``), a 128-bit
+   key of it for exact copies, and its MinHash signature cut into LSH band hashes (:mod:`curation.rules.minhash`).
+   Only keys and band hashes stay in memory (16 + 8 x bands bytes a row), never the texts or signatures.
+2. Exact copies collapse onto the first row with their key; rows sharing a band hash among the remaining
+   representatives are candidate pairs.
+3. A second pass fetches the texts of rows in candidate pairs only, and verifies every pair: exact Jaccard of
+   the shingle sets, or rapidfuzz ``fuzz.ratio`` (m1's measure, 0-100) on the text.
+4. The rule (:mod:`curation.rules.dedup`: m1's ``earlier`` or ``cluster``) decides; a third pass writes the
+   decisions and the rejects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import schemas
+from curation.config import CurationConfig, DedupOptions, MinHashOptions
+from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.rules import minhash as mh
+from curation.rules.dedup import EXACT, NEAR, decide, exact_representatives
+
+STAGE = "dedup"
+RULE_NAMES = {EXACT: "exact"}
+
+
+def comparison_texts(batch: pa.Table | pa.RecordBatch, which: str) -> pa.Array:
+    """The text compared for each row: ``prompt``, ``question``, or ``question_options`` (the question, then its
+    option texts sorted, one per line: independent of option order)."""
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    if which in ("prompt", "question"):
+        col = table.column(which)
+        return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if which != "question_options":
+        raise ValueError(f"unknown comparison text {which!r}")
+    df = pl.from_arrow(table.select(["question", "options"]))
+    assert isinstance(df, pl.DataFrame)
+    out = df.select(
+        pl.concat_str(
+            [
+                pl.col("question"),
+                pl.col("options").list.eval(pl.element().struct.field("text")).list.sort().list.join("\n"),
+            ],
+            separator="\n",
+        )
+    ).to_series()
+    return out.to_arrow().cast(pa.string())
+
+
+def hasher_for(opts: MinHashOptions) -> mh.MinHasher:
+    return mh.MinHasher(opts.shingle, opts.k, opts.num_perm, opts.seed)
+
+
+def verify_pairs(
+    texts: pa.Array,
+    left: np.ndarray,
+    right: np.ndarray,
+    *,
+    measure: str,
+    hasher: mh.MinHasher,
+    other: pa.Array | None = None,
+    score_cutoff: float | None = None,
+) -> np.ndarray:
+    """Similarity of ``texts[left[t]]`` and ``(other or texts)[right[t]]``: Jaccard of shingle sets, or
+    rapidfuzz ratio (0-100)."""
+    if not len(left):
+        return np.empty(0, dtype=np.float64)
+    other_texts = texts if other is None else other
+    if measure == "jaccard":
+        sets = hasher.shingle_sets(texts)
+        other_sets = sets if other is None else hasher.shingle_sets(other_texts)
+        return sets.jaccard(left, right, other_sets)
+    from rapidfuzz import fuzz, process
+
+    a = texts.take(pa.array(left)).to_pylist()
+    b = other_texts.take(pa.array(right)).to_pylist()
+    # score_cutoff lets rapidfuzz skip pairs whose lengths already rule the threshold out (they score 0).
+    return process.cpdist(a, b, scorer=fuzz.ratio, workers=-1, dtype=np.float64, score_cutoff=score_cutoff)
+
+
+class DedupStage(Stage):
+    """questions -> dedup (every row's decision) + rejects/dedup (exact_duplicate, near_duplicate)."""
+
+    name: ClassVar[str] = STAGE
+    inputs: ClassVar[tuple[str, ...]] = ("questions",)
+    outputs: ClassVar[tuple[str, ...]] = ("dedup", "rejects/dedup")
+    # Runs in the driver: numba threads over the batch; memory grows with 16 + 8 x bands bytes per row.
+    resources: ClassVar[Resources] = Resources(cpus=2.0, memory_gib=2.0)
+
+    def enabled(self, cfg: CurationConfig) -> bool:
+        return "dedup" in cfg.model_fields_set
+
+    def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
+        return {"dedup": cfg.dedup.model_dump(mode="json", exclude={"threads", "batch_rows"})}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        cfg, store = ctx.config, ctx.store
+        opts = cfg.dedup
+        mh.set_threads(opts.threads or cfg.ray.num_cpus)
+        ids = store.read_table("questions", columns=["source", "qid"])
+        decisions, details = dedup_decisions(store.dataset("questions"), opts, log=print)
+        n = ids.num_rows
+        kept = decisions.kept
+        dedup_table = decisions_table(ids, decisions, opts.measure)
+        version = store.write_table("dedup", dedup_table)
+
+        dropped = np.flatnonzero(~kept)
+        reasons = Counter()
+
+        def rejects() -> Any:
+            offset = 0
+            for batch in store.dataset("questions").to_batches(
+                columns=["source", "source_id", "metadata"], batch_size=opts.batch_rows
+            ):
+                lo, hi = offset, offset + batch.num_rows
+                offset = hi
+                local = dropped[(dropped >= lo) & (dropped < hi)]
+                if not len(local):
+                    continue
+                part = pa.Table.from_batches([batch]).take(pa.array(local - lo))
+                rows = dedup_table.take(pa.array(local))
+                reason = pc.if_else(
+                    pc.equal(rows.column("rule"), "exact"), "exact_duplicate", "near_duplicate"
+                )
+                reasons.update(reason.to_pylist())
+                detail = [
+                    f"pool_index {i} duplicates pool_index {d} ({s}:{q}), {rule} similarity {sim:g}"
+                    for i, d, s, q, rule, sim in zip(
+                        rows.column("pool_index").to_pylist(),
+                        rows.column("duplicate_of").to_pylist(),
+                        rows.column("duplicate_of_source").to_pylist(),
+                        rows.column("duplicate_of_qid").to_pylist(),
+                        rows.column("rule").to_pylist(),
+                        rows.column("similarity").to_pylist(),
+                        strict=True,
+                    )
+                ]
+                yield schemas.conform(
+                    pa.table(
+                        {
+                            "stage": pa.array([STAGE] * len(local), pa.string()),
+                            "source": part.column("source"),
+                            "source_ref": part.column("source_id"),
+                            "reason": reason,
+                            "detail": pa.array(detail, pa.string()),
+                            "raw": part.column("metadata"),
+                        }
+                    ),
+                    "rejects",
+                )
+
+        rej = store.write_table("rejects/dedup", rejects())
+        return StageResult(
+            outputs=[version, rej],
+            rows_in=n,
+            rows_out=int(kept.sum()),
+            rows_rejected=len(dropped),
+            rejected_by_reason=dict(sorted(reasons.items())),
+            details={"dedup": details},
+        )
+
+
+def dedup_decisions(dataset: Any, opts: DedupOptions, *, log: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Decisions for every row of ``dataset`` (questions columns, in pool order), streamed in batches."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    hasher = hasher_for(opts.minhash)
+    n_bands, n_rows = opts.minhash.banding()
+    curve = mh.detection_curve(n_bands, n_rows)
+    if log and opts.near:
+        log(
+            f"[{STAGE}] MinHash {opts.minhash.shingle} {opts.minhash.k}-shingles, {opts.minhash.num_perm} "
+            f"permutations, {n_bands} bands x {n_rows} rows, seed {opts.minhash.seed}; P(candidate): {curve}"
+        )
+    columns = ["question", "options"] if opts.text == "question_options" else [opts.text]
+    keys, band_parts, counts = [], [], []
+    for batch in dataset.to_batches(columns=columns, batch_size=opts.batch_rows):
+        texts = comparison_texts(batch, opts.text)
+        if opts.exact:
+            keys.append(mh.text_keys(texts, normalize=opts.exact_normalize))
+        if opts.near:
+            sig, c = hasher.signatures(texts)
+            band_parts.append(mh.band_hashes(sig, n_bands, n_rows))
+            counts.append(c)
+            del sig
+    n = sum(len(c) for c in counts) if opts.near else sum(len(k) for k in keys)
+    if not opts.near and not opts.exact:
+        n = dataset.count_rows()
+    timings["signatures_s"] = round(time.perf_counter() - t0, 3)
+    rep = exact_representatives(np.concatenate(keys)) if opts.exact and n else np.arange(n, dtype=np.int64)
+    pairs = np.empty((0, 2), dtype=np.int64)
+    sims = np.empty(0, dtype=np.float64)
+    capped = n_candidates = 0
+    if opts.near and n:
+        t1 = time.perf_counter()
+        bands = np.concatenate(band_parts)
+        del band_parts
+        valid = (rep == np.arange(n)) & (np.concatenate(counts) > 0)
+        cand, capped = mh.candidate_pairs(bands, valid=valid, max_bucket=opts.minhash.max_bucket)
+        del bands
+        n_candidates = len(cand)
+        timings["candidates_s"] = round(time.perf_counter() - t1, 3)
+        t2 = time.perf_counter()
+        involved = np.unique(cand.ravel())
+        texts = _take_texts(dataset, columns, opts.text, involved, opts.batch_rows)
+        left = np.searchsorted(involved, cand[:, 0])
+        right = np.searchsorted(involved, cand[:, 1])
+        s = verify_pairs(
+            texts,
+            left,
+            right,
+            measure=opts.measure,
+            hasher=hasher,
+            score_cutoff=opts.threshold if opts.measure == "ratio" else None,
+        )
+        ok = s >= opts.threshold
+        pairs, sims = cand[ok], s[ok]
+        timings["verify_s"] = round(time.perf_counter() - t2, 3)
+    decisions = decide(
+        n, rep, pairs, sims, rule=opts.rule, exact_similarity=100.0 if opts.measure == "ratio" else 1.0
+    )
+    details = {
+        "rows": n,
+        "exact_duplicates": int((decisions.rule == EXACT).sum()),
+        "near_duplicates": int((decisions.rule == NEAR).sum()),
+        "candidate_pairs": int(n_candidates),
+        "verified_pairs": len(pairs),
+        "oversized_buckets": int(capped),
+        "bands": n_bands,
+        "rows_per_band": n_rows,
+        "detection_curve": curve,
+        "seconds": {**timings, "total_s": round(time.perf_counter() - t0, 3)},
+    }
+    if log:
+        log(
+            f"[{STAGE}] {n:,} rows: {details['exact_duplicates']:,} exact copies, {n_candidates:,} candidate "
+            f"pairs, {len(pairs):,} verified, {details['near_duplicates']:,} near duplicates dropped"
+        )
+    return decisions, details
+
+
+def _take_texts(dataset: Any, columns: list[str], which: str, rows: np.ndarray, batch_rows: int) -> pa.Array:
+    """The comparison texts of ``rows`` (sorted positions), streamed."""
+    parts: list[pa.Array] = []
+    offset = 0
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_rows):
+        lo, hi = offset, offset + batch.num_rows
+        offset = hi
+        a, b = np.searchsorted(rows, [lo, hi])
+        if a == b:
+            continue
+        part = pa.Table.from_batches([batch]).take(pa.array(rows[a:b] - lo))
+        parts.append(comparison_texts(part, which))
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+def decisions_table(ids: pa.Table, d: Any, measure: str) -> pa.Table:
+    """The dedup table from the pool's (source, qid) columns and the decisions."""
+    n = ids.num_rows
+    dup = d.duplicate_of
+    has = dup >= 0
+    safe = np.where(has, dup, 0)
+    near_name = f"near_{measure}"
+    rule = np.array([None, "exact", near_name], dtype=object)[d.rule]
+    mask = pa.array(~has)
+    source = ids.column("source").combine_chunks() if n else pa.array([], pa.string())
+    qid = ids.column("qid").combine_chunks() if n else pa.array([], pa.string())
+    return schemas.conform(
+        pa.table(
+            {
+                "pool_index": pa.array(np.arange(n, dtype=np.int64)),
+                "source": source,
+                "qid": qid,
+                "kept": pa.array(~has),
+                "rule": pa.array(rule, pa.string()),
+                "duplicate_of": pa.array(dup, mask=~has),
+                "duplicate_of_source": pc.if_else(
+                    mask, pa.scalar(None, pa.string()), source.take(pa.array(safe))
+                )
+                if n
+                else pa.array([], pa.string()),
+                "duplicate_of_qid": pc.if_else(mask, pa.scalar(None, pa.string()), qid.take(pa.array(safe)))
+                if n
+                else pa.array([], pa.string()),
+                "similarity": pa.array(d.similarity, mask=~has),
+                "cluster": pa.array(d.cluster),
+            }
+        ),
+        "dedup",
+    )
