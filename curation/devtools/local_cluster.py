@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -199,6 +200,7 @@ class LocalCluster:
         """End every process group this cluster started, workers first, then the head."""
         for node in reversed(self.nodes):
             stop_group(node.proc)
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
         self.nodes.clear()
 
     def __enter__(self) -> LocalCluster:

@@ -1,0 +1,307 @@
+"""`ray job submit` on a real two-node Ray cluster on this machine, as the README's cluster guide says it.
+
+The nodes are started by cluster/start-node.sh (head plus a `--address` node, 1 CPU each, own temp dirs, free
+loopback ports, a PATH without the venv) and stopped by the PIDs of their process groups. Jobs go through
+cluster/submit.sh. Checked:
+- the demo pipeline (the stages before the first LLM stage) as a job: its tables, exact accounting, and which
+  code ran (commit from the job metadata, code hash);
+- a resubmission from a working dir that Ray unpacks elsewhere resumes instead of recomputing;
+- the worker node's raylet SIGKILLed in the middle of an ingest: exact counts, and tables identical to a
+  clean run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from curation.devtools.local_cluster import LocalCluster
+from curation.jobenv import code_hash
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SYNTH_ROWS = 120_000
+# Not copied into a moved working dir (what Ray skips anyway, plus caches).
+COPY_IGNORE = shutil.ignore_patterns(
+    ".venv", ".git", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "out"
+)
+
+
+def free_stages() -> list[str]:
+    """The pipeline's stages before the first one that sends LLM requests (no vLLM in these tests)."""
+    from curation.stages import stage_registry
+
+    names = []
+    for name, cls in stage_registry().items():
+        if getattr(cls, "sends_requests", False):
+            break
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(workers=1, cpus=1) as c:
+        yield c
+
+
+def submit(
+    cluster: LocalCluster, *m1_args: str, root: Path = REPO, flags: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    """cluster/submit.sh from ``root`` with the caller's shell having the venv on PATH; returns (job id, output)."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [str(root / "cluster" / "submit.sh"), "--address", cluster.address, *flags, "--", *m1_args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    text = out.stdout + out.stderr
+    match = re.search(r"Job '(raysubmit_\w+)' submitted", text)
+    assert match, text[-3000:]
+    if "--no-wait" not in flags:
+        assert out.returncode == 0, text[-4000:]
+    return match.group(1), text
+
+
+def job_info(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
+    return cluster.api(f"/api/jobs/{job_id}")
+
+
+def job_logs(cluster: LocalCluster, job_id: str) -> str:
+    return cluster.api(f"/api/jobs/{job_id}/logs")["logs"]
+
+
+def wait_job(cluster: LocalCluster, job_id: str, timeout: float = 400) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = job_info(cluster, job_id)
+        if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return info
+        time.sleep(1)
+    raise TimeoutError(f"job {job_id} still {info['status']} after {timeout} s")
+
+
+def manifest(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def table(run_dir: Path, name: str) -> Any:
+    """A committed table, in a canonical order and without the ingestion timestamp (it differs per run)."""
+    entry = manifest(run_dir)["tables"][name]
+    t = pq.read_table(run_dir / entry["path"])
+    if "ingested_at" in t.column_names:
+        t = t.drop_columns(["ingested_at"])
+    keys = [c for c in ("source", "source_ref", "qid", "reason") if c in t.column_names]
+    return t.sort_by([(k, "ascending") for k in keys])
+
+
+def check_accounting(m: dict[str, Any], stages: list[str]) -> None:
+    for name in stages:
+        rec = m["stages"].get(name)
+        if rec is None:  # a stage the demo config does not configure
+            continue
+        assert rec["status"] == "complete"
+        assert rec["rows_in"] == rec["rows_out"] + rec["rows_rejected"]
+        assert sum(rec["rejected_by_reason"].values()) == rec["rows_rejected"]
+        for out_table, rows in rec["outputs"].items():
+            assert m["tables"][out_table]["rows"] == rows
+
+
+# ---- the README's way: the demo pipeline as a job ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_run(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    run_dir = tmp_path_factory.mktemp("shared") / "demo"
+    stages = ",".join(free_stages())
+    before = code_hash()
+    job_id, out = submit(
+        cluster, "curate", "curation/configs/demo.yaml", "--stages", stages, "--run-dir", str(run_dir)
+    )
+    return run_dir, job_id, out + f"\n[code hash before submit: {before}]"
+
+
+def test_demo_pipeline_as_a_job(cluster: LocalCluster, demo_run: tuple[Path, str, str]) -> None:
+    run_dir, job_id, out = demo_run
+    assert f"Job '{job_id}' succeeded" in out
+    m = manifest(run_dir)
+    check_accounting(m, free_stages())
+    ingest = m["stages"]["ingest"]
+    assert (
+        ingest["rows_in"] == 341 and ingest["rows_out"] > 300
+    )  # the sample pool: 341 rows, bad rows included
+    # The tables answer SQL with the counts the manifest recorded.
+    sql = subprocess.run(
+        [str(BIN / "m1"), "sql", str(run_dir), "SELECT count(*) AS n FROM questions", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(sql.stdout)["n"] == ingest["rows_out"]
+    assert table(run_dir, "questions").num_rows == ingest["rows_out"]
+    # Which code ran, although Ray ships no .git: the submitter's commit and the hash of the code itself.
+    assert m["ray_job"] == job_id
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert m["git_commit"].removesuffix("-dirty") == head.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{16}", m["code_hash"])
+    # The job ran on the cluster's two nodes, and the stage really executed (was not skipped).
+    assert cluster.alive_nodes() == 2
+    assert "[ingest] running" in out
+
+
+def test_relative_run_dir_is_refused_as_a_job(cluster: LocalCluster) -> None:
+    job_id, out = submit(
+        cluster,
+        "curate",
+        "curation/configs/demo.yaml",
+        "--stages",
+        "ingest",
+        "--run-dir",
+        "runs/x",
+        flags=("--no-wait",),
+    )
+    info = wait_job(cluster, job_id, timeout=120)
+    assert info["status"] == "FAILED"
+    logs = job_logs(cluster, job_id)
+    assert "--run-dir 'runs/x' is relative" in logs and "s3://" in logs
+    assert "Traceback" not in logs
+
+
+def test_resubmission_from_a_moved_working_dir_resumes(
+    cluster: LocalCluster, demo_run: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    run_dir, first_job, _ = demo_run
+    before = manifest(run_dir)
+    # The same checkout elsewhere, one file added: Ray unpacks it under another _ray_pkg_<hash> folder.
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO, copy, ignore=COPY_IGNORE)
+    (copy / "NOTES.txt").write_text("a file that changes the working dir's package hash\n")
+    stages = ",".join(free_stages())
+    job_id, out = submit(
+        cluster,
+        "curate",
+        "curation/configs/demo.yaml",
+        "--stages",
+        stages,
+        "--run-dir",
+        str(run_dir),
+        root=copy,
+    )
+    first_pkg = job_info(cluster, first_job)["runtime_env"]["working_dir"]
+    second_pkg = job_info(cluster, job_id)["runtime_env"]["working_dir"]
+    assert first_pkg != second_pkg  # really unpacked elsewhere
+    assert re.search(r"\[ingest\] complete for config hash \w+ \(stage input hash \w+\); skipping", out), out[
+        -3000:
+    ]
+    assert "[ingest] running" not in out
+    after = manifest(run_dir)
+    assert after["stages"]["ingest"] == before["stages"]["ingest"]
+    assert after["tables"] == before["tables"]
+
+
+# ---- the worker node's raylet killed in the middle of an ingest -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic pool in m1's source mix on 'shared storage' (a folder every node of this host sees)."""
+    from curation.devtools.synth import generate_pool
+
+    root = tmp_path_factory.mktemp("pool")
+    summary = generate_pool(root / "data", SYNTH_ROWS, format="mixed", seed=11)
+    sources = [
+        {"name": info["format"], "format": info["format"], "path": str(root / "data" / name)}
+        for name, info in summary["files"].items()
+    ]
+    for s in sources:
+        if s["format"] == "pubmedqa":
+            s["split"] = "all"
+    # Small chunks: many Ray tasks, spread over both nodes.
+    cfg = {"name": "synth", "sources": sources, "ingest": {"m1_shuffle": True, "rows_per_chunk": 8000}}
+    path = root / "synth.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clean_synth_run(
+    cluster: LocalCluster, synth_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    run_dir = tmp_path_factory.mktemp("shared") / "clean"
+    submit(cluster, "curate", str(synth_config), "--stages", "ingest", "--run-dir", str(run_dir))
+    return run_dir
+
+
+def worker_node_id(cluster: LocalCluster) -> str:
+    (node,) = [n for n in cluster.node_states() if not n["is_head_node"] and n["state"] == "ALIVE"]
+    return node["node_id"]
+
+
+def running_tasks_on(cluster: LocalCluster, node_id: str) -> int:
+    tasks = cluster.api(
+        f"/api/v0/tasks?limit=1000&filter_keys=node_id&filter_predicates=%3D&filter_values={node_id}"
+    )
+    return sum(t.get("state") == "RUNNING" for t in tasks["data"]["result"]["result"])
+
+
+def test_worker_raylet_killed_mid_ingest(
+    cluster: LocalCluster, synth_config: Path, clean_synth_run: Path, tmp_path_factory
+) -> None:
+    # Runs last in this module: the cluster has one node left afterwards.
+    run_dir = tmp_path_factory.mktemp("shared") / "killed"
+    worker_id = worker_node_id(cluster)
+    job_id, _ = submit(
+        cluster,
+        "curate",
+        str(synth_config),
+        "--stages",
+        "ingest",
+        "--run-dir",
+        str(run_dir),
+        flags=("--no-wait",),
+    )
+    # Wait until the ingest has tasks running on the worker node, then kill that node's raylet.
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if "[ingest] running" in job_logs(cluster, job_id) and running_tasks_on(cluster, worker_id) > 0:
+            break
+        assert job_info(cluster, job_id)["status"] in ("PENDING", "RUNNING"), job_logs(cluster, job_id)[
+            -3000:
+        ]
+        time.sleep(0.3)
+    else:
+        raise AssertionError("no ingest task ran on the worker node")
+    worker = next(n for n in cluster.nodes if n.role == "worker")
+    cluster.kill_raylet(worker)
+    killed_at = time.time()
+    info = wait_job(cluster, job_id)
+    logs = job_logs(cluster, job_id)
+    assert info["status"] == "SUCCEEDED", logs[-4000:]
+    assert info["end_time"] / 1000 > killed_at  # the job was still running when the node died
+    assert {n["node_id"]: n["state"] for n in cluster.node_states()}[worker_id] == "DEAD"
+    # Exact counts, and the same tables as the clean run, row for row.
+    clean, killed = manifest(clean_synth_run), manifest(run_dir)
+    check_accounting(killed, ["ingest"])
+    keys = ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason", "outputs")
+    assert {k: killed["stages"]["ingest"][k] for k in keys} == {k: clean["stages"]["ingest"][k] for k in keys}
+    assert killed["stages"]["ingest"]["rows_in"] == SYNTH_ROWS
+    for name in clean["tables"]:
+        assert table(run_dir, name).equals(table(clean_synth_run, name)), name
