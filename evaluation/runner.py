@@ -161,6 +161,7 @@ class BudgetRunner:
         if prefix_reuse and self.sampling.get("temperature", 0) > 0:
             raise ValueError("prefix reuse needs greedy decoding (temperature 0); set prefix_reuse: false")
         prompts = [self.prompt_ids(s) for s in samples]
+        self._check_length(samples, prompts, max(budgets))
         plan = plan_budgets(budgets, prefix_reuse=prefix_reuse)
         generated_budgets = list(plan.generate)
         pairs = [(i, b) for i in range(len(samples)) for b in generated_budgets]
@@ -201,9 +202,46 @@ class BudgetRunner:
             )
         return results
 
+    def max_model_len(self) -> int | None:
+        """The engine's context length (None when the engine does not say)."""
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        return getattr(config, "max_model_len", None)
+
+    def _check_length(self, samples: Sequence[Sample], prompts: Sequence[list[int]], budget: int) -> None:
+        """Refuse up front a question whose prompt + thinking budget + answer cannot fit the context: vLLM would
+        cut the thinking short and the budget would silently mean less than it says."""
+        limit = self.max_model_len()
+        if limit is None:
+            return
+        extra = (
+            len(self.tp.think)
+            + len(self.tp.newline)
+            + len(self.tp.answer_final)
+            + self.protocol.answer_max_tokens
+        )
+        for sample, prompt in zip(samples, prompts, strict=True):
+            need = len(prompt) + budget + extra
+            if need > limit:
+                from curation.errors import UserError
+
+                raise UserError(
+                    f"question {sample.sample_id}: prompt {len(prompt)} + budget {budget} + answer stage "
+                    f"{extra} = {need} tokens exceed the model's context of {limit}; raise max_model_len or lower "
+                    "the budget / answer_max_tokens"
+                )
+
     def _cot(self, samples: Sequence[Sample], budgets: Sequence[int]) -> list[Generated]:
         """Plain chat-template CoT: one generation of at most ``budget`` tokens; the answer is the whole text."""
         prompts = [self.prompt_ids(s) for s in samples]
+        limit = self.max_model_len()
+        for sample, prompt in zip(samples, prompts, strict=True):
+            if limit is not None and len(prompt) + max(budgets) > limit:
+                from curation.errors import UserError
+
+                raise UserError(
+                    f"question {sample.sample_id}: prompt {len(prompt)} + {max(budgets)} new tokens exceed the "
+                    f"model's context of {limit}"
+                )
         order = [(i, b) for i in range(len(samples)) for b in sorted(set(budgets))]
         outputs = self._generate([prompts[i] for i, _ in order], [b for _, b in order])
         results = []

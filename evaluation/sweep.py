@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.answers import extract_answer, m1_accuracy, m1_match
+from curation.errors import UserError
 from curation.store.runstore import RunStore, utc_now
 from evaluation.benchmarks import load_benchmark
 from evaluation.config import BenchmarkConfig, EvalConfig, EvalModel
@@ -346,7 +347,12 @@ def run_eval(cfg: EvalConfig, run_dir: str, *, log: Callable[[str], None] = prin
                 pending[(task.benchmark, task.forcing)] = pending.get((task.benchmark, task.forcing), 0) + 1
             collected: dict[tuple[str, int], tuple[list[Generated], float]] = {}
             while pool.has_next():
-                task, results, wall = pool.get_next_unordered()
+                try:
+                    task, results, wall = pool.get_next_unordered()
+                except ray.exceptions.RayTaskError as exc:  # a user mistake inside the actor: say it plainly
+                    if isinstance(exc.cause, UserError):
+                        raise UserError(f"model {model.name}: {exc.cause}") from None
+                    raise
                 group = (task.benchmark, task.forcing)
                 acc, acc_wall = collected.get(group, ([], 0.0))
                 collected[group] = (acc + results, acc_wall + wall)

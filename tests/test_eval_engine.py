@@ -150,3 +150,14 @@ def test_no_thinking_and_cot_protocols(engine) -> None:
         )
     cot = r.sweep(SAMPLES, [5, 9], 0, protocol="cot")
     assert sorted({(g.budget, g.answer_tokens) for g in cot}) == [(5, 5), (9, 9)]
+
+
+def test_a_budget_beyond_the_context_is_refused_up_front(engine) -> None:
+    from curation.errors import UserError
+
+    r = runner(engine)
+    assert r.max_model_len() == 2048
+    with pytest.raises(
+        UserError, match=r"question q0: prompt \d+ \+ budget 2040 \+ answer stage \d+ = \d+ tokens exceed"
+    ):
+        r.sweep(SAMPLES, [16, 2040], 0)

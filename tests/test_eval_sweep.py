@@ -212,6 +212,12 @@ def test_grid_streams_cells_and_resumes(ray_local, tiny_model_dir: Path, tmp_pat
     out = capsys.readouterr().out
     assert "0 cells run, 16 already finished" in out
     assert "HuatuoGPT/m1 matcher" in out and "| tiny | bench0 | budget | 1 |" in out
+    # a budget the context cannot hold is a user error naming the question, raised from inside the actor
+    from curation.errors import UserError
+
+    too_long = eval_config_from(_config(tiny_model_dir, benches[:1], budgets=[8, 1020], forcing=[0]))
+    with pytest.raises(UserError, match=r"model tiny: question bench0:0: prompt \d+ \+ budget 1020"):
+        run_eval(too_long, str(tmp_path / "run-too-long"), log=lambda _: None)
 
 
 @pytest.mark.slow
