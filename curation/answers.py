@@ -326,6 +326,11 @@ _PHRASE = re.compile(
 )
 
 
+# Chat-template tokens that may reach the text when special tokens are not skipped.
+_END_OF_TURN = re.compile(r"<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>|<\|end\|>|</s>")
+_CHAT_TOKEN = re.compile(r"<\|[A-Za-z_]+\|>")
+
+
 def extract_answer(response: str | None, options: Mapping[str, str], *, mode: Mode = "strict") -> Extraction:
     """The option a response chose (``label``) or ``None`` with the reason it is INVALID.
 
@@ -342,6 +347,8 @@ def extract_answer(response: str | None, options: Mapping[str, str], *, mode: Mo
     reasoning, answer = strip_think(response)
     if answer is None:
         return Extraction(None, "the reasoning never ends (no </think> or answer marker): no answer")
+    answer = _END_OF_TURN.split(answer, maxsplit=1)[0]  # what follows the end of the turn is not the answer
+    answer = _CHAT_TOKEN.sub("\n", answer)
     if not answer.strip():
         return Extraction(None, "nothing after the reasoning")
     result = _extract(answer, opts)

@@ -183,6 +183,16 @@ CASES: list[tuple[str, str, str, str | None, str | None]] = [
         None,
     ),
     ("m1-think-unclosed", "<|im_start|>think\nThe answer is C", "snakes", None, "never ends"),
+    ("end-of-turn-letter", "Answer: C<|im_end|>", "snakes", "C", None),
+    ("end-of-turn-text", "Cobra<|endoftext|>", "snakes", "C", None),
+    (
+        "end-of-turn-then-more",
+        "The answer is C.<|im_end|>\n<|im_start|>user\nThe answer is A.",
+        "snakes",
+        "C",
+        None,
+    ),
+    ("eot-id", "\\boxed{B}<|eot_id|>", "snakes", "B", None),
     (
         "r1-long",
         "<think>\nLet me weigh A (viper) against C (cobra). B is a constrictor; D, the krait, "
