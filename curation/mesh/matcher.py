@@ -95,13 +95,14 @@ class MeshMatcher:
                 seen.setdefault(idx, None)
         cats = self.vocab.descriptor_categories
         votes = [c for idx in seen for c in cats[idx]]
-        decision = decide(found, votes)
+        ranked = rank_categories(votes)
+        decision = decide(found, votes, ranked)
         return OfflineLabel(
             code=self._code[decision.qualifier],
             name=decision.qualifier,
             decision=decision,
             descriptor_idx=list(seen),
-            categories=rank_categories(votes),
+            categories=ranked,
         )
 
     def classify_many(self, prompts: Sequence[str]) -> dict[str, list[Any]]:
