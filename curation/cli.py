@@ -219,6 +219,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs under {root}")
         return 0
     from rich.console import Console
+    if args.format == "json":
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+        if broken:
+            print(f"m1 runs: {broken} run(s) flagged CORRUPT or FILES MISSING", file=sys.stderr)
+        return 0
     from rich.table import Table
 
     t = Table(title=f"runs under {root}")
@@ -265,6 +271,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs and their table counts")
     p.add_argument("root", nargs="?", default="runs")
     p.set_defaults(func=cmd_runs)
+    p.add_argument("--format", choices=["table", "json"], default="table", help="json: one object per run")
 
     # Plugin subcommands: only import the one being run (or all, for --help).
     wanted = None

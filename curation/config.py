@@ -111,6 +111,19 @@ class RayOptions(Strict):
         10.0, gt=0, description="how long to wait for the Ray cluster at `address` before giving up"
     )
 
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is None or value in ("auto", "local"):
+            return value
+        target = value.split("://", 1)[1] if "://" in value else value
+        host, _, port = target.split("/", 1)[0].rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(
+                f"ray.address {value!r}: expected host:port, ray://host:port, auto, or null for a local Ray"
+            )
+        return value
+
 
 # ---- stage sections: one model per stage, owned by that stage (curation/stages/<stage>.py reads it) -------
 class MinHashOptions(Strict):

@@ -228,7 +228,6 @@ def find_conflicts(
     replaced reruns without asking (its outputs were made from tables that are gone).
     """
     records = store.manifest.get("stages", {})
-    order = list(records)
     conflicts = []
     for stage in stages:
         record = records.get(stage.name)
@@ -242,12 +241,34 @@ def find_conflicts(
         if not changed:
             continue
         tables = sorted(record.get("outputs", {}) or stage.outputs)
-        later = order[order.index(stage.name) + 1 :] if stage.name in order else []
-        downstream = {
-            n: sorted(records[n].get("outputs", {})) for n in later if records[n].get("status") == "complete"
-        }
-        conflicts.append(Conflict(stage.name, changed, tables, downstream))
+        conflicts.append(Conflict(stage.name, changed, tables, _built_on(stage.name, records)))
     return conflicts
+
+
+def _built_on(name: str, records: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Committed stages that read ``name``'s tables, directly or through other stages -> their tables.
+
+    Records name the tables they read (``input_tables``); older records do not, and then every stage after
+    ``name`` in pipeline order counts (the manifest itself keeps no order).
+    """
+    complete = {n: r for n, r in records.items() if r.get("status") == "complete"}
+    if any("input_tables" not in r for r in complete.values()):
+        from curation.stages import PIPELINE
+
+        order = [n for n, _ in PIPELINE]
+        later = order[order.index(name) + 1 :] if name in order else []
+        return {n: sorted(complete[n].get("outputs", {})) for n in later if n in complete}
+    replaced = set(complete.get(name, {}).get("outputs", {}))
+    found: dict[str, list[str]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for n, r in complete.items():
+            if n != name and n not in found and replaced & set(r.get("input_tables", [])):
+                found[n] = sorted(r.get("outputs", {}))
+                replaced |= set(found[n])
+                changed = True
+    return found
 
 
 def conflict_message(conflicts: Sequence[Conflict], store: RunStore) -> str:

@@ -73,11 +73,19 @@ def test_resume_skips_completed_stage_and_reruns_on_config_change(tmp_path):
     again = run_stages([CountingStage()], config(), RunStore(str(tmp_path / "run")), log=lambda *_: None)
     assert CountingStage.runs == 1 and again[0]["skipped"] is True
     assert again[0]["rows_rejected"] == 3
-    with pytest.raises(RunConflictError, match="counting: changed shuffle; rerunning it replaces tables rejects/counting"):
-        run_stages([CountingStage()], config(shuffle=True), RunStore(str(tmp_path / "run")), log=lambda *_: None)
+    with pytest.raises(
+        RunConflictError, match="counting: changed shuffle; rerunning it replaces tables rejects/counting"
+    ):
+        run_stages(
+            [CountingStage()], config(shuffle=True), RunStore(str(tmp_path / "run")), log=lambda *_: None
+        )
     assert CountingStage.runs == 1, "a config change to a committed stage is refused without --force"
     run_stages(
-        [CountingStage()], config(shuffle=True), RunStore(str(tmp_path / "run")), force=True, log=lambda *_: None
+        [CountingStage()],
+        config(shuffle=True),
+        RunStore(str(tmp_path / "run")),
+        force=True,
+        log=lambda *_: None,
     )
     assert CountingStage.runs == 2, "--force accepts the change and reruns the stage"
     run_stages(
@@ -106,3 +114,92 @@ def test_manifest_records_config_and_funnel(tmp_path):
     assert m["stages"]["counting"]["rejected_by_reason"] == {"r": 3}
     funnel = format_funnel(records)
     assert "counting" in funnel and "r" in funnel.splitlines()[-1]
+
+
+class UpstreamStage(CountingStage):
+    """Stage A: its own input is ingest.m1_shuffle."""
+
+    name = "upstream"
+    outputs: ClassVar[tuple[str, ...]] = ("rejects/upstream",)
+
+    def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
+        return {"shuffle": cfg.ingest.m1_shuffle}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        type(self).runs += 1
+        v = ctx.store.write_table("rejects/upstream", schemas.get("rejects").schema.empty_table())
+        return StageResult(outputs=[v], rows_in=0, rows_out=0)
+
+
+class DownstreamStage(UpstreamStage):
+    """Stage B reads A's table; its own input is ingest.max_question_chars."""
+
+    name = "downstream"
+    inputs: ClassVar[tuple[str, ...]] = ("rejects/upstream",)
+    outputs: ClassVar[tuple[str, ...]] = ("rejects/downstream",)
+
+    def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
+        return {"max_chars": cfg.ingest.max_question_chars}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        type(self).runs += 1
+        v = ctx.store.write_table("rejects/downstream", schemas.get("rejects").schema.empty_table())
+        return StageResult(outputs=[v], rows_in=0, rows_out=0)
+
+
+def cfg2(shuffle: bool = False, max_chars: int = 100) -> CurationConfig:
+    return CurationConfig.model_validate(
+        {
+            "sources": [{"name": "s", "format": "medqa", "path": "/x"}],
+            "ingest": {"m1_shuffle": shuffle, "max_question_chars": max_chars},
+        }
+    )
+
+
+def test_a_new_or_changed_later_stage_resumes_the_earlier_ones(tmp_path):
+    UpstreamStage.runs = DownstreamStage.runs = 0
+    run = str(tmp_path / "run")
+    quiet = {"log": lambda *_: None}
+    run_stages([UpstreamStage()], cfg2(), RunStore(run), **quiet)
+    # Adding a stage: the earlier one is resumed, the new one runs.
+    records = run_stages([UpstreamStage(), DownstreamStage()], cfg2(), RunStore(run), **quiet)
+    assert [r["skipped"] for r in records] == [True, False]
+    assert (UpstreamStage.runs, DownstreamStage.runs) == (1, 1)
+    # Changing only the later stage's settings: refused for that stage alone, named with its tables.
+    with pytest.raises(RunConflictError) as info:
+        run_stages([UpstreamStage(), DownstreamStage()], cfg2(max_chars=7), RunStore(run), **quiet)
+    assert "downstream: changed max_chars; rerunning it replaces tables rejects/downstream" in str(info.value)
+    assert "upstream:" not in str(info.value).replace("downstream:", "")
+    # --force on just that stage replaces it and leaves the earlier one alone.
+    run_stages([DownstreamStage()], cfg2(max_chars=7), RunStore(run), force=True, **quiet)
+    assert (UpstreamStage.runs, DownstreamStage.runs) == (1, 2)
+    # Changing the earlier stage names what is built on it.
+    with pytest.raises(RunConflictError) as info:
+        run_stages([UpstreamStage()], cfg2(shuffle=True, max_chars=7), RunStore(run), **quiet)
+    message = str(info.value)
+    assert "upstream: changed shuffle; rerunning it replaces tables rejects/upstream" in message
+    assert "then downstream (tables rejects/downstream) is built on replaced tables" in message
+    run_stages([UpstreamStage()], cfg2(shuffle=True, max_chars=7), RunStore(run), force=True, **quiet)
+    # The later stage's own inputs did not change, but its input table did: it reruns without --force.
+    records = run_stages(
+        [UpstreamStage(), DownstreamStage()], cfg2(shuffle=True, max_chars=7), RunStore(run), **quiet
+    )
+    assert [r["skipped"] for r in records] == [True, False]
+    assert (UpstreamStage.runs, DownstreamStage.runs) == (2, 3)
+
+
+def test_a_failing_first_run_writes_no_manifest(tmp_path):
+    class Failing(UpstreamStage):
+        name = "failing"
+
+        def run(self, ctx: StageContext) -> StageResult:
+            ctx.store.write_table("rejects/upstream", schemas.get("rejects").schema.empty_table())
+            raise RuntimeError("boom")
+
+    store = RunStore(str(tmp_path / "run"))
+    with pytest.raises(RuntimeError, match="boom"):
+        run_stages([Failing()], cfg2(), store, log=lambda *_: None)
+    assert not (tmp_path / "run" / "manifest.json").exists()
+    assert not list((tmp_path / "run").rglob("*.parquet")), (
+        "the failed stage's uncommitted version is removed"
+    )
