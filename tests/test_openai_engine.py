@@ -646,3 +646,61 @@ def test_truncated_and_filtered_answers_are_paid_once_and_returned_as_successes(
         )
 
     assert finishes(second) == finishes(first)
+
+
+# ---- streaming ---------------------------------------------------------------------------------------------
+def test_map_requests_streams_one_row_per_input_row_and_reuses_the_ledger(
+    ray_local: None, tmp_path: Path
+) -> None:
+    import ray.data
+
+    from curation.engines import map_requests
+
+    srv = RehearsalServer(
+        RehearsalConfig(latency_ms=2, reasoning_tokens_mean=20, faults=FaultRates(server_error=0.15))
+    )
+    url = srv.start()
+    try:
+        rows = _requests(240, "stream")
+        # Duplicate ids under other keys: next to their twin (same batch) and far from it (another block).
+        rows[3:3] = [{**rows[i], "key": f"near-{i}"} for i in (0, 1, 2)]
+        rows += [{**rows[i], "key": f"far-{i}"} for i in (150, 151)]
+        rows += [
+            make_request(f"salted|{a}", MODEL, messages=[{"role": "user", "content": "Salted?"}], _attempt=a)
+            for a in range(5)
+        ]
+        table = requests_table(rows)
+        blocks = [table.slice(i, 50) for i in range(0, table.num_rows, 50)]
+        cfg = _cfg(url, actors=2, actor_num_cpus=0.25, max_attempts=1)
+        ledger = str(tmp_path / "ledger")
+
+        first = _collect(map_requests(ray.data.from_arrow(blocks), cfg, ledger_uri=ledger, progress=False))
+        attempts_first = dict(srv.stats()["attempts_by_request"])
+        second = _collect(map_requests(ray.data.from_arrow(blocks), cfg, ledger_uri=ledger, progress=False))
+        attempts_second = srv.stats()["attempts_by_request"]
+    finally:
+        srv.stop()
+    for out in (first, second):
+        assert out.num_rows == table.num_rows  # errors included, nothing dropped
+        assert Counter(
+            zip(out.column("key").to_pylist(), out.column("request_id").to_pylist(), strict=True)
+        ) == Counter(
+            zip(table.column("key").to_pylist(), table.column("request_id").to_pylist(), strict=True)
+        )
+    failed = {r["request_id"] for r in first.to_pylist() if r["error"] is not None}
+    assert 10 < len(failed) < 80
+    # A far duplicate may already find its twin's answer in the ledger; nothing else is cached on a first run.
+    cached_keys = {r["key"] for r in first.to_pylist() if r["cached"]}
+    assert cached_keys <= {"far-150", "far-151"}
+    # The rerun takes every success from the ledger and sends exactly the failures again, once each.
+    for row in second.to_pylist():
+        assert row["cached"] == (row["request_id"] not in failed), row
+    sent_again = {rid for rid, n in attempts_second.items() if n != attempts_first.get(rid, 0)}
+    assert sent_again == failed
+    assert all(attempts_second[rid] - attempts_first[rid] == 1 for rid in failed)
+    # Twins in one batch share one send; the salted attempts are five requests.
+    assert all(attempts_first[rows[i]["request_id"]] == 1 for i in (0, 1, 2))
+    assert len({r["request_id"] for r in rows[-5:]}) == 5
+    assert set(Ledger(ledger).answered_ids().to_pylist()) == {
+        r["request_id"] for r in second.to_pylist() if r["error"] is None
+    }

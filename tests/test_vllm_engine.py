@@ -235,3 +235,46 @@ def test_run_requests_dispatches_to_vllm_and_resumes(
     ).to_pylist()
     assert all(r["cached"] for r in second)
     assert {r["key"]: r["text"] for r in second} == {r["key"]: r["text"] for r in first}
+
+
+@pytest.mark.slow
+def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
+    ray_local: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Salted attempts, a duplicate and a bad row stream through vLLM replicas; the rerun is all ledger."""
+    import ray.data
+
+    from curation.engines import map_requests
+
+    requests = [
+        make_request(f"m{i}", "tiny", prompt=f"Patient {i} has", temperature=0, max_tokens=4)
+        for i in range(6)
+    ]
+    requests.append({**requests[0], "key": "m0-again"})  # same id, same batch: generated once
+    requests += [
+        make_request(f"s|{a}", "tiny", prompt="A salted prompt", temperature=0.9, max_tokens=4, _attempt=a)
+        for a in range(3)
+    ]
+    requests.append(make_request("bad", "tiny", prompt="x", temperature=-1.0, max_tokens=4))
+    table = requests_table(requests)
+    cfg = _engine_cfg(tiny_model_dir, batch_size=4)
+    ledger_uri = str(tmp_path / "ledger")
+
+    def run() -> pa.Table:
+        ds = ray.data.from_arrow([table.slice(i, 4) for i in range(0, table.num_rows, 4)])
+        return _collect(map_requests(ds, cfg, ledger_uri=ledger_uri, progress=False))
+
+    first = run()
+    assert first.num_rows == table.num_rows
+    assert Counter(first.column("key").to_pylist()) == Counter(table.column("key").to_pylist())
+    rows = {r["key"]: r for r in first.to_pylist()}
+    assert rows["bad"]["error"] and "temperature" in rows["bad"]["error"]
+    assert all(r["error"] is None and not r["cached"] for k, r in rows.items() if k != "bad")
+    assert rows["m0-again"]["text"] == rows["m0"]["text"]
+    assert len(Ledger(ledger_uri).answered_ids()) == 9  # 6 prompts + 3 salted attempts; the twin once
+
+    second = run()
+    assert second.num_rows == table.num_rows
+    again = {r["key"]: r for r in second.to_pylist()}
+    assert all(r["cached"] for k, r in again.items() if k != "bad") and again["bad"]["error"]
+    assert {k: r["text"] for k, r in again.items()} == {k: r["text"] for k, r in rows.items()}

@@ -1,15 +1,24 @@
-"""The one entry point stages use to call models: `run_requests`.
+"""The entry points stages use to call models: `map_requests` (streaming) and `run_requests` (eager).
 
-    responses = run_requests(requests, engine_cfg, ledger_uri="runs/x/ledger")
+    responses = map_requests(requests_ds, engine_cfg, ledger_uri="runs/x/ledger")  # lazy ray.data.Dataset
+    responses = run_requests(requests, engine_cfg, ledger_uri="runs/x/ledger")      # executes at once
+
+`map_requests` streams: each engine worker serves the ids its ledger lookups answer and sends the rest,
+batch by batch, so the driver never holds the requests or the responses (memory stays flat at any size).
+`run_requests` plans on the driver (whole table in memory), shows live progress, handles Ctrl-C gracefully
+and compacts the ledger afterwards; it suits small and medium jobs.
+
+What both guarantee:
 
 1. Requests already answered in the ledger are not sent: their stored responses come back with
    ``cached=True`` (re-keyed to this call's keys).
-2. Identical request ids in one input are sent once and fanned back, so every request row gets exactly
-   one response row with its own key.
+2. Every request row gets exactly one response row with its own key. Identical request ids are sent once
+   and fanned back (run_requests: over the whole input; map_requests: within a batch and, on the OpenAI
+   engine, while one is on the wire).
 3. The rest goes to the engine named by ``engine.kind`` (``openai``: any OpenAI-compatible API;
    ``vllm``: local replicas), which appends successes to the ledger as they arrive.
 
-``dry_run=True`` prints and returns a `CostEstimate` and sends nothing. Ctrl-C stops issuing, lets what is
+``run_requests(..., dry_run=True)`` prints and returns a `CostEstimate` and sends nothing. Ctrl-C stops issuing, lets what is
 on the wire finish for a few seconds, flushes, says how many responses were kept, and re-raises: a rerun
 resumes where it stopped.
 """
@@ -104,6 +113,76 @@ def _split_blocks(table: pa.Table, engine: Any) -> list[pa.Table]:
         batch, workers = engine.batch_size, engine.replicas
     rows = max(batch, min(8 * batch, -(-table.num_rows // (2 * workers))))
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
+
+
+def map_requests(
+    ds: ray.data.Dataset,
+    engine: OpenAIEngineConfig | VLLMEngineConfig,
+    *,
+    ledger_uri: str,
+    progress: bool = True,
+) -> ray.data.Dataset:
+    """Responses for a dataset of requests, lazily: exactly one `responses` row per input row, in any order.
+
+    Input rows have the `requests` columns. Nothing runs until the result is consumed (written, iterated,
+    materialized). On the engine's workers, each batch is looked up in the ledger first: answered ids come
+    back as ``cached`` rows and are not sent; the rest goes to the engine, and every success reaches the
+    ledger within milliseconds. Failed rows carry ``error`` and are never dropped; a rerun sends them again.
+
+    Duplicate ids are sent once within a batch (and, on the OpenAI engine, while one is on the wire in the
+    same worker); duplicates further apart may each be sent, unless the first is already in the ledger by the
+    time the second is looked up. Parallelism across workers follows the input's blocks: give a dataset of
+    several blocks (read_parquet does; ``ds.repartition(n)`` otherwise).
+
+    ``progress``: for the OpenAI engine, a line on stderr every ``PROGRESS_EVERY_S`` while requests are being
+    answered (done, from the ledger, failed, cost); vLLM runs show Ray Data's own progress.
+    The ledger is compacted first when it has many shards (streaming, bounded memory).
+    """
+    ledger = Ledger(ledger_uri)
+    try:
+        ledger.compact()  # many small shards slow every worker's index; merging them streams row groups
+    except OSError as exc:
+        print(f"m1: ledger compaction skipped ({exc}); the ledger is intact", file=sys.stderr)
+    if engine.kind == "openai":
+        from curation.engines.openai_engine import OpenAIRun, generate
+
+        engine.api_key()  # fail before starting anything, naming the variable
+        run = OpenAIRun(engine)
+        if progress:
+            _progress_lines(run, engine)
+        return generate(ds, engine, ledger_uri, run=run, ledger_lookup=True)
+    if engine.kind == "vllm":
+        from curation.engines.vllm_engine import generate as vllm_generate
+
+        return vllm_generate(ds, engine, ledger_uri, ledger_lookup=True)
+    raise ValueError(f"unknown engine kind {engine.kind!r}; known: openai, vllm")
+
+
+PROGRESS_EVERY_S = 10.0
+
+
+def _progress_lines(run: Any, engine: Any) -> None:
+    """A daemon thread printing the run's counters when they change; it ends with the run's coordinator."""
+
+    def loop() -> None:
+        last: dict[str, Any] = {}
+        while True:
+            time.sleep(PROGRESS_EVERY_S)
+            try:
+                totals = run.totals()
+            except Exception:  # the coordinator is gone: the run is over
+                return
+            shown = {k: int(totals.get(k, 0)) for k in ("done", "cached", "failed")}
+            if shown != last:
+                last = shown
+                cost = f", ${totals['cost_usd']:,.4f}" if totals.get("cost_usd") else ""
+                print(
+                    f"m1 {_engine_label(engine)}: {shown['done']:,} answered, {shown['cached']:,} from the "
+                    f"ledger, {shown['failed']:,} failed{cost}",
+                    file=sys.stderr,
+                )
+
+    threading.Thread(target=loop, name="m1-map-requests-progress", daemon=True).start()
 
 
 def _engine_dataset(send: pa.Table, engine: Any, ledger_uri: str, run: Any) -> ray.data.Dataset:
@@ -295,6 +374,7 @@ __all__ = [
     "estimate",
     "last_run_totals",
     "make_request",
+    "map_requests",
     "plan_requests",
     "requests_table",
     "response_row",

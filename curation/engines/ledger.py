@@ -12,6 +12,7 @@ segments of dead writers into Parquet.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import time
@@ -179,7 +180,133 @@ class Ledger:
         shards = self._shards()
         if len(shards) < min_shards:
             return 0
-        self._write_shard(self._first_per_request(self._dataset_of(shards).to_table()))
+        self._merge_shards(shards)
         for path in shards:
             self.fs.delete_file(path)
         return len(shards)
+
+    def _merge_shards(self, shards: list[str]) -> None:
+        """One shard holding the first row per request id of ``shards``, streamed row group by row group:
+        memory holds one row group and the set of ids seen, never the whole ledger."""
+        name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        tmp = f"{self.root}/.{name}.tmp"
+        schema = schemas.get("responses").schema
+        seen: set[str] = set()
+        with (
+            self.fs.open_output_stream(tmp) as out,
+            pq.ParquetWriter(out, schema, compression="zstd") as writer,
+        ):
+            for path in shards:
+                with self.fs.open_input_file(path) as f:
+                    for batch in pq.ParquetFile(f).iter_batches(batch_size=ROW_GROUP_ROWS):
+                        table = schemas.conform(pa.Table.from_batches([batch]), "responses")
+                        table = self._first_per_request(table)
+                        ids = table.column("request_id").to_pylist()
+                        keep = [i for i, rid in enumerate(ids) if rid not in seen]
+                        seen.update(ids)
+                        if keep:
+                            writer.write_table(table.take(keep), row_group_size=ROW_GROUP_ROWS)
+        if self.wal_dir is not None:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.fs.move(tmp, f"{self.root}/{name}{SHARD_GLOB_SUFFIX}")
+
+
+class LedgerIndex:
+    """Worker-side batch lookups in a ledger that may hold millions of answers.
+
+    Keeps, per process, the ids of every shard (a dict id -> (shard, row)), refreshed incrementally as new
+    shards appear and rebuilt when compaction replaces them; a lookup reads only the row groups holding hits,
+    with a small cache of decoded row groups (a rerun asks for ids in roughly the order they were answered,
+    so consecutive batches hit the same row groups). Write-ahead segments are read on every lookup: they are
+    small, and they carry the answers of workers that are running right now.
+    """
+
+    def __init__(self, ledger: Ledger, *, cached_row_groups: int = 8) -> None:
+        self.ledger = ledger
+        self.where: dict[str, tuple[int, int]] = {}  # request_id -> (shard number, row in shard)
+        self.shards: list[str] = []
+        self.known: set[str] = set()
+        self.row_group_starts: list[list[int]] = []
+        self.cache: dict[tuple[int, int], pa.Table] = {}
+        self.cached_row_groups = cached_row_groups
+
+    def _rebuild(self) -> None:
+        self.where, self.shards, self.known, self.row_group_starts, self.cache = {}, [], set(), [], {}
+
+    def refresh(self) -> None:
+        current = self.ledger._shards()
+        if not self.known.issubset(current):  # compaction replaced shards: positions are stale
+            self._rebuild()
+        for path in current:
+            if path in self.known:
+                continue
+            with self.ledger.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                starts, total = [], 0
+                for i in range(pf.metadata.num_row_groups):
+                    starts.append(total)
+                    total += pf.metadata.row_group(i).num_rows
+                ids = pf.read(columns=["request_id"]).column("request_id").to_pylist()
+            number = len(self.shards)
+            self.shards.append(path)
+            self.known.add(path)
+            self.row_group_starts.append(starts)
+            for row, rid in enumerate(ids):
+                self.where.setdefault(rid, (number, row))  # the earliest shard's answer wins
+
+    def _row_group(self, shard: int, group: int) -> pa.Table:
+        key = (shard, group)
+        table = self.cache.pop(key, None)
+        if table is None:
+            with self.ledger.fs.open_input_file(self.shards[shard]) as f:
+                table = schemas.conform(pq.ParquetFile(f).read_row_group(group), "responses")
+        self.cache[key] = table  # most recent last
+        while len(self.cache) > self.cached_row_groups:
+            self.cache.pop(next(iter(self.cache)))
+        return table
+
+    def lookup(self, ids: pa.Array | list[str]) -> pa.Table:
+        """Ledger rows (one per answered id among ``ids``), marked ``cached``."""
+        wanted = ids.to_pylist() if isinstance(ids, pa.Array | pa.ChunkedArray) else list(ids)
+        empty = schemas.get("responses").schema.empty_table()
+        if not wanted:
+            return empty
+        for attempt in range(2):
+            try:
+                self.refresh()
+                parts = self._read_hits(set(wanted))
+                break
+            except FileNotFoundError:  # a shard was compacted away under us: index again
+                if attempt:
+                    raise
+                self._rebuild()
+        pending = self.ledger._segment_table()
+        if pending is not None:
+            found = {rid for p in parts for rid in p.column("request_id").to_pylist()}
+            missing = pa.array(sorted(set(wanted) - found), pa.string())
+            parts.append(
+                schemas.conform(pending.filter(pc.is_in(pending.column("request_id"), missing)), "responses")
+            )
+        table = pa.concat_tables(parts) if parts else empty
+        if table.num_rows == 0:
+            return empty
+        table = Ledger._first_per_request(table)
+        return table.set_column(
+            table.schema.get_field_index("cached"), "cached", pa.array([True] * table.num_rows, pa.bool_())
+        )
+
+    def _read_hits(self, wanted: set[str]) -> list[pa.Table]:
+        by_group: dict[tuple[int, int], list[int]] = {}
+        for rid in wanted:
+            hit = self.where.get(rid)
+            if hit is None:
+                continue
+            shard, row = hit
+            starts = self.row_group_starts[shard]
+            group = bisect.bisect_right(starts, row) - 1
+            by_group.setdefault((shard, group), []).append(row - starts[group])
+        return [self._row_group(shard, group).take(sorted(rows)) for (shard, group), rows in by_group.items()]

@@ -51,6 +51,7 @@ from curation.engines.ratelimit import (
     estimate_prompt_tokens,
 )
 from curation.engines.request import engine_params, response_row, responses_table
+from curation.engines.streaming import LedgerFront
 
 logger = logging.getLogger(__name__)
 
@@ -618,6 +619,7 @@ class _ActorState:
             fsync=cfg.write_ahead_fsync,
         )
         self.worker = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.inflight: dict[str, asyncio.Future] = {}  # request_id -> its send, shared by duplicate rows
         self.reported: dict[str, float] = {}
         self.cpu_at_start = _cpu_s()  # imports and actor start-up are not per-request cost
         self.reporter = asyncio.ensure_future(self._report_loop())
@@ -636,7 +638,16 @@ class _ActorState:
         return responses_table(results)
 
     async def _one(self, request: Mapping[str, Any]) -> dict:
-        row = await self.sender.send(request)
+        rid = request["request_id"]
+        twin = self.inflight.get(rid)
+        if twin is not None:  # the same request is on the wire for another row: share its answer
+            return {**await asyncio.shield(twin), "key": request["key"]}
+        future = asyncio.ensure_future(self.sender.send(request))
+        self.inflight[rid] = future
+        try:
+            row = await future
+        finally:
+            self.inflight.pop(rid, None)
         self.sink.add(row)
         return row
 
@@ -697,9 +708,12 @@ class OpenAIBatchWorker:
         coordinator_name: str,
         api_key: Secret,
         driver: DriverRef | None = None,
+        ledger_lookup: bool = False,
     ) -> None:
         self.cfg = OpenAIEngineConfig.model_validate(cfg)
         self.driver = driver
+        # map_requests: answered ids are served from the ledger here, on the worker, batch by batch.
+        self.front = LedgerFront(ledger_uri) if ledger_lookup else None
         name = self.cfg.api_key_env
         self.api_key = (os.environ.get(name) if name else None) or api_key.reveal()
         self.ledger_uri = ledger_uri
@@ -714,7 +728,13 @@ class OpenAIBatchWorker:
             self.state = _ActorState(
                 self.cfg, self.ledger_uri, coordinator, remote=True, api_key=self.api_key, driver=self.driver
             )
-        return await self.state.run_batch(batch.to_pylist())
+        if self.front is None:
+            return await self.state.run_batch(batch.to_pylist())
+        cached, send, extra = await asyncio.to_thread(self.front.split, batch)
+        if cached.num_rows:
+            self.state.sender._count("cached", cached.num_rows)
+        fresh = await self.state.run_batch(send.to_pylist()) if send.num_rows else responses_table([])
+        return LedgerFront.join(cached, fresh, extra)
 
 
 # ---- runs ------------------------------------------------------------------------------------------------
@@ -753,11 +773,19 @@ def batch_size_for(cfg: OpenAIEngineConfig) -> int:
     return max(32, min(4096, 2 * cfg.per_actor_concurrency))
 
 
-def generate(requests: Any, cfg: OpenAIEngineConfig, ledger_uri: str, *, run: OpenAIRun | None = None) -> Any:
+def generate(
+    requests: Any,
+    cfg: OpenAIEngineConfig,
+    ledger_uri: str,
+    *,
+    run: OpenAIRun | None = None,
+    ledger_lookup: bool = False,
+) -> Any:
     """Responses (one per request row) for a Ray dataset of requests; successes go to the ledger.
 
     Lazy like any Ray dataset: nothing is sent until it is consumed. ``run`` (a coordinator) is created when
-    not given; pass one to watch progress or to stop the run.
+    not given; pass one to watch progress or to stop the run. With ``ledger_lookup`` the workers serve ids
+    the ledger already answers from it (``cached`` rows) and send only the rest.
     """
     import ray
 
@@ -773,6 +801,7 @@ def generate(requests: Any, cfg: OpenAIEngineConfig, ledger_uri: str, *, run: Op
             "api_key": Secret(api_key),
             # The process consuming the dataset: workers stop sending the moment it is gone.
             "driver": DriverRef.current(),
+            "ledger_lookup": ledger_lookup,
         },
         batch_size=batch_size_for(cfg),
         batch_format="pyarrow",

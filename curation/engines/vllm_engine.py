@@ -123,7 +123,9 @@ def _sampling_group(params_json: str) -> str:
 class VLLMReplica:
     """Ray Data callable class: one vllm.LLM per actor; maps `requests` batches to `responses` batches."""
 
-    def __init__(self, cfg: Mapping[str, Any], ledger_uri: str | None, driver: Any = None) -> None:
+    def __init__(
+        self, cfg: Mapping[str, Any], ledger_uri: str | None, driver: Any = None, ledger_lookup: bool = False
+    ) -> None:
         self.cfg = VLLMEngineConfig.model_validate(cfg)
         # Same-node replicas stop generating once the driver is gone (kill -9): nobody would read the rows.
         self.driver = driver if driver is not None and driver.same_node() else None
@@ -146,6 +148,11 @@ class VLLMReplica:
         self.llm = LLM(**kwargs)
         self.load_s = time.perf_counter() - started
         self.ledger = Ledger(ledger_uri) if ledger_uri else None
+        self.front = None
+        if ledger_lookup and ledger_uri:  # map_requests: answered ids come from the ledger, not the model
+            from curation.engines.streaming import LedgerFront
+
+            self.front = LedgerFront(ledger_uri)
 
     def _set_environment(self) -> None:
         # vllm reads its environment lazily, so setting it before the import configures this replica only.
@@ -158,6 +165,13 @@ class VLLMReplica:
         os.environ.update(self.cfg.env_vars)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.front is None:
+            return self._generate_batch(batch)
+        cached, send, extra = self.front.split(batch)
+        fresh = self._generate_batch(send) if send.num_rows else responses_table([])
+        return self.front.join(cached, fresh, extra)
+
+    def _generate_batch(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         out: list[dict[str, Any] | None] = [None] * len(rows)
         chunk = self.cfg.flush_every_rows or max(1, len(rows))
@@ -244,13 +258,18 @@ class VLLMReplica:
 
 
 def generate(
-    requests: ray.data.Dataset, cfg: VLLMEngineConfig, ledger_uri: str | None = None
+    requests: ray.data.Dataset,
+    cfg: VLLMEngineConfig,
+    ledger_uri: str | None = None,
+    *,
+    ledger_lookup: bool = False,
 ) -> ray.data.Dataset:
     """Answer every `requests` row with vLLM replicas; one `responses` row per request, in a lazy Dataset.
 
     Successful rows are appended to ``Ledger(ledger_uri)`` after each batch (or every ``flush_every_rows``),
-    so an interrupted run keeps what it finished. This function does not skip already-answered requests:
-    the dispatcher (``curation.engines.run_requests``) does that before calling it.
+    so an interrupted run keeps what it finished. With ``ledger_lookup`` each replica first serves the ids the
+    ledger answers (``cached`` rows, see `curation.engines.streaming`); without it nothing is skipped here
+    (``curation.engines.run_requests`` plans before calling).
     """
     import ray.data
 
@@ -262,6 +281,7 @@ def generate(
             "cfg": cfg.model_dump(),
             "ledger_uri": ledger_uri,
             "driver": DriverRef.current(),
+            "ledger_lookup": ledger_lookup,
         },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
