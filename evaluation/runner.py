@@ -54,7 +54,8 @@ class Generated:
     sample_id: str
     budget: int
     forcing: int
-    thinking_ids: tuple[int, ...]
+    thinking_ids: tuple[int, ...]  # emptied by keep_ids=False (the Ray actors: ids are heavy, counts are not)
+    thinking_tokens: int
     thinking_text: str
     forced: int
     ran_out: bool
@@ -83,6 +84,7 @@ class BudgetRunner:
         *,
         system: str | None = None,
         sampling: dict[str, Any] | None = None,
+        keep_ids: bool = True,
     ) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
@@ -90,20 +92,21 @@ class BudgetRunner:
         self.tp = TokenProtocol.from_tokenizer(tokenizer, self.protocol)
         self.system = system
         self.sampling = {"temperature": 0.0, **(sampling or {})}
+        self.keep_ids = (
+            keep_ids  # keep thinking and answer-prompt token ids in the results (tests, benchmarks)
+        )
         self.calls = 0
         self.generated_tokens = 0
 
     # -- engine access --------------------------------------------------------------------------------
-    def _generate(
-        self, prompts: Sequence[list[int]], max_tokens: Sequence[int], *, stop: bool = True
-    ) -> list[Any]:
+    def _generate(self, prompts: Sequence[list[int]], max_tokens: Sequence[int]) -> list[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [
             SamplingParams(
                 max_tokens=m,
-                stop_token_ids=sorted(self.tp.stop_ids) if stop else None,
+                stop_token_ids=sorted(self.tp.stop_ids),
                 skip_special_tokens=False,
                 **self.sampling,
             )
@@ -187,7 +190,8 @@ class BudgetRunner:
                     sample_id=samples[i].sample_id,
                     budget=b,
                     forcing=forcing,
-                    thinking_ids=state.ids,
+                    thinking_ids=state.ids if self.keep_ids else (),
+                    thinking_tokens=state.tokens,
                     thinking_text=self.tokenizer.decode(list(state.ids), skip_special_tokens=False),
                     forced=state.forced,
                     ran_out=state.ran_out,
@@ -197,7 +201,7 @@ class BudgetRunner:
                     prompt_tokens=len(prompts[i]),
                     generated_tokens=len(ids) + (0 if derived else thinking_spent.get((i, b), 0)),
                     derived=derived,
-                    extra={"answer_prompt_ids": sent},
+                    extra={"answer_prompt_ids": sent} if self.keep_ids else {},
                 )
             )
         return results
@@ -253,6 +257,7 @@ class BudgetRunner:
                     budget=b,
                     forcing=0,
                     thinking_ids=(),
+                    thinking_tokens=0,
                     thinking_text="",
                     forced=0,
                     ran_out=finish == "length",

@@ -119,6 +119,7 @@ class EvalWorker:
             MarkerOptions.model_validate(markers).protocol(),
             system=cfg.system,
             sampling=sampling,
+            keep_ids=False,  # results cross the Ray boundary: counts and texts, not every token id
         )
 
     def ready(self) -> float:
@@ -171,7 +172,7 @@ def score_rows(
                 "outcome": outcome,
                 "m1_first": m1.first,
                 "m1_last": m1.last,
-                "thinking_tokens": len(r.thinking_ids),
+                "thinking_tokens": r.thinking_tokens,
                 "forced": r.forced,
                 "ran_out": r.ran_out,
                 "answer_tokens": r.answer_tokens,
