@@ -130,3 +130,27 @@ def test_ledger_compaction_keeps_first_answer_per_request(tmp_path):
         == "first0"
     )
     assert sorted(ledger.answered_ids().to_pylist()) == sorted(r["request_id"] for r in reqs)
+
+
+def test_catalog_skips_tables_whose_files_are_gone(run_dir):
+    import shutil
+
+    store = RunStore(run_dir, create=False)
+    shutil.rmtree(store.path(store.tables()["rejects/ingest"]["path"]))
+    missing = store.missing_tables()
+    assert list(missing) == ["rejects/ingest"]
+    con = duckdb.connect(write_catalog(store, skip=set(missing)), read_only=True)
+    assert con.execute("SELECT count(*) FROM questions").fetchone() == (4,)
+    assert con.execute("SELECT count(*) FROM rejects").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM lineage").fetchone() == (4,)
+
+
+def test_m1_runs_flags_a_corrupt_run_and_lists_the_rest(run_dir, tmp_path):
+    bad = tmp_path / "broken-run"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{")
+    out = m1("runs", str(tmp_path), "--format", "json")
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["stages"] for r in rows] == ["CORRUPT", "ingest:complete"]
+    assert "not valid JSON" in rows[0]["tables"] and rows[1]["tables"] == "questions=4, rejects/ingest=2"

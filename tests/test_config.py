@@ -64,3 +64,45 @@ def test_literal_secrets_are_refused_and_never_echoed(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_repeated_keys_are_refused_at_any_depth_with_their_line(tmp_path):
+    path = write(
+        tmp_path,
+        "sources:\n  - name: a\n    format: mcq\n    path: x\n    mapping:\n      question: q\n      question: stem\n",
+    )
+    with pytest.raises(
+        ConfigError, match=r"cfg.yaml:7: key 'question' appears twice in one mapping \(first at line 6\)"
+    ):
+        load_config(path)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    # `<<: *anchor` then an explicit key is YAML's way to override, not a repeated key.
+    cfg = load_config(
+        write(
+            tmp_path,
+            "sources:\n  - &base {name: a, format: medqa, path: x.jsonl}\n  - <<: *base\n    name: b\n",
+        )
+    )
+    assert [s.name for s in cfg.sources] == ["a", "b"]
+
+
+def test_pubmedqa_split_values_and_free_labels_elsewhere(tmp_path):
+    for split in ("train", "test", "all"):
+        load_config(
+            write(tmp_path, f"sources:\n  - {{name: p, format: pubmedqa, path: x, split: {split}}}\n")
+        )
+    # Other formats keep any split label (it is only copied into the questions table).
+    cfg = load_config(write(tmp_path, "sources:\n  - {name: m, format: medqa, path: x, split: dev}\n"))
+    assert cfg.sources[0].split == "dev"
+
+
+def test_validation_errors_never_echo_values(tmp_path):
+    path = write(
+        tmp_path,
+        "sources:\n  - {name: a, format: medqa, path: x}\ningest: {max_question_chars: sk-abcdef123456}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "ingest.max_question_chars" in str(info.value) and "sk-abcdef123456" not in str(info.value)

@@ -200,3 +200,62 @@ def test_fingerprint_follows_content(tmp_path: Path) -> None:
     assert list(first) == ["a.jsonl"] and first["a.jsonl"].startswith("sha256:")
     f.write_text('{"question": "b"}\n')
     assert fingerprint(str(f)) != first
+
+
+def test_repeated_keys_name_file_line_and_key(tmp_path: Path) -> None:
+    jsonl = tmp_path / "pool.jsonl"
+    jsonl.write_text('{"question": "a"}\n\n{"question": "b", "options": {"A": "x", "A": "y"}}\n')
+    with pytest.raises(IngestError, match=r"pool.jsonl:3: key 'A' appears twice in one JSON object"):
+        read_all("p", jsonl)
+    rows = tmp_path / "rows.json"
+    rows.write_text(
+        '{\n  "r1": {"question": "a"},\n  "r2": {"question": "b"},\n  "r1": {"question": "c"}\n}\n'
+    )
+    with pytest.raises(IngestError, match=r"rows.json:4: key 'r1' appears twice .*\(first at line 2\)"):
+        read_all("p", rows)
+
+
+def test_locate_repeated_key_skips_strings_and_nested_objects() -> None:
+    text = '{"a": "{\\"b\\": 1, \\"b\\": 2}", "n": {"a": 1}, "m": [{"a": 1}, {"a": 2}],\n "a": 3}'
+    assert readers.locate_repeated_key(text) == ("a", 2, 1)
+    assert readers.locate_repeated_key('[{"a": 1}, {"a": 2}]') is None
+
+
+def test_csv_quotes_that_never_close_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "pool.csv"
+    path.write_text('id,question\n1,"fine, quoted"\n2,"never closed\n3,next\n4,last\n')
+    with pytest.raises(IngestError, match=r"pool.csv:3: unbalanced double quote"):
+        read_all("p", path)
+    stray = tmp_path / "stray.csv"
+    stray.write_text('id,question\n1,ok\n2,a 5" stick\n3,ok\n')
+    with pytest.raises(IngestError, match=r"stray.csv:3: unbalanced double quote"):
+        read_all("p", stray)
+
+
+def test_too_deep_json_and_repeated_parquet_columns(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(IngestError, match="deep.json: the JSON is nested too deeply"):
+        read_all("p", deep)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["q", "q"]), dup)
+    with pytest.raises(IngestError, match=r"dup.parquet: column\(s\) \['q'\] appear more than once"):
+        read_all("p", dup)
+
+
+def test_unreadable_file_is_an_ingest_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "pool.jsonl"
+    path.write_text('{"question": "a"}\n')
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(readers, "_sha256_cached", denied)
+    with pytest.raises(IngestError, match=r"pool.jsonl: cannot read \(Permission denied\)"):
+        fingerprint(str(path))
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(IngestError, match=r"pool.jsonl: cannot read \(Permission denied\)"):
+        plan_source("p", str(path), 10)

@@ -97,3 +97,37 @@ def test_missing_run_dir_is_a_clear_error(tmp_path):
         RunStore(str(tmp_path / "nope"), create=False)
     with pytest.raises(KeyError, match="has no table 'questions'"):
         RunStore(str(tmp_path / "run")).read_table("questions")
+
+
+def test_run_dir_problems_are_user_errors(tmp_path):
+    from curation.errors import RunDirError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="is a file, not a directory"):
+        RunStore(str(tmp_path / "file"))
+    with pytest.raises(RunDirError, match="unknown filesystem scheme 'foo://'"):
+        RunStore("foo://bucket/run")
+    store = RunStore(str(tmp_path / "run"))
+    store.commit([store.write_table("questions", question_rows(2))])
+    text = (tmp_path / "run" / "manifest.json").read_text()
+    (tmp_path / "run" / "manifest.json").write_text(text[:40])
+    with pytest.raises(RunDirError, match=r"manifest.json:\d+: the manifest is not valid JSON"):
+        RunStore(str(tmp_path / "run"), create=False).tables()
+    (tmp_path / "run" / "manifest.json").write_text('{"format": 99, "tables": {}}')
+    with pytest.raises(RunDirError, match="manifest format 99 not supported"):
+        RunStore(str(tmp_path / "run"), create=False).tables()
+
+
+def test_missing_table_files_are_reported(tmp_path):
+    import shutil
+
+    from curation.errors import RunDirError
+
+    store = RunStore(str(tmp_path / "run"))
+    v = store.write_table("questions", question_rows(2))
+    store.commit([v])
+    assert store.missing_tables() == {}
+    shutil.rmtree(store.path(v.path))
+    assert store.missing_tables() == {"questions": v.path}
+    with pytest.raises(RunDirError, match="the files of table 'questions'"):
+        RunStore(str(tmp_path / "run")).read_table("questions")
