@@ -113,9 +113,10 @@ LABELS = TableSchema(
         "domain_code": "two-digit code '00'..'75' of the MeSH qualifier (alphabetical order of the names)",
         "domain_name": "the qualifier's name, e.g. 'drug therapy'",
         "classifier": "'offline' (rules, no model) or 'llm:<engine>' (the model's code)",
-        "rule": "llm | cue | category | default: what decided the code (offline after an LLM failure: "
-        "the offline rule, with `error` saying why the LLM's answer was not used)",
-        "cue": "the cue phrase (rule cue), the category letters (rule category), else null",
+        "rule": "what decided the code: llm, or the offline rule's step: cue (a cue phrase in the question "
+        "sentence), category, context (a cue elsewhere in the stem), default; after an LLM failure the offline "
+        "step, with `error` saying why the LLM's answer was not used",
+        "cue": "the cue phrase (rules cue, context), the deciding category letters (category), else null",
         "descriptors": "MeSH descriptor names found in the question (word boundaries), in order of appearance",
         "descriptor_uis": "their descriptor ids, same order",
         "categories": "top-level tree categories of those descriptors (letters), most frequent first",

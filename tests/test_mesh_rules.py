@@ -16,6 +16,7 @@ from curation.rules.mesh_cues import (
     parse_code,
     qualifier_codes,
     rank_categories,
+    split_question,
     uninvert,
     usable_term,
 )
@@ -122,6 +123,32 @@ def test_decide_without_cues_uses_categories_then_the_default():
     assert decide([], ["M"]).rule == "default"
     d = decide([], [])
     assert (d.qualifier, d.rule, d.cue) == ("diagnosis", "default", None)
+
+
+def test_context_cues_rank_below_content_categories_and_above_the_rest():
+    context = [(5, cue("therapy", 2, "treated with")), (40, cue("pathology", 1, "biopsy"))]
+    # a disease is named: what the history mentions (a treatment) does not decide
+    d = decide([], ["C"], context)
+    assert (d.qualifier, d.rule) == ("diagnosis", "category")
+    # only a technique (E) is named: the context cue decides
+    d = decide([], ["E"], context)
+    assert (d.qualifier, d.rule, d.cue) == ("therapy", "context", "treated with")
+    assert decide([], ["E"], []).qualifier == "methods"
+    # a cue in the question beats everything
+    assert decide([(3, cue("genetics", 1, "gene"))], ["C", "D"], context).qualifier == "genetics"
+
+
+def test_split_question_takes_the_last_sentence_or_line():
+    assert split_question("A man has fever. He took aspirin. What is the most likely diagnosis?") == (
+        "A man has fever. He took aspirin. ",
+        "What is the most likely diagnosis?",
+    )
+    assert split_question("Drug of choice is:") == ("", "Drug of choice is:")
+    assert split_question("Abstract one.\nAbstract two\nDoes X improve Y?") == (
+        "Abstract one.\nAbstract two\n",
+        "Does X improve Y?",
+    )
+    assert split_question("Aged 3.5 years, she has fever. Next step?")[1] == "Next step?"
 
 
 @pytest.mark.parametrize(

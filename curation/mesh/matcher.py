@@ -7,7 +7,7 @@ words only):
 * descriptors: every usable term of the vocabulary (names, entry terms, natural orders of inverted names)
   over the whole prompt, stem and options;
 * cues: the cue phrases over the stem only (the text before the options block), since options such as
-  'Surgery' say nothing about what is asked.
+  'Surgery' say nothing about what is asked; the question sentence and the rest of the stem separately.
 
 No model, no network: ~20-30 us per question on one core.
 """
@@ -28,6 +28,7 @@ from curation.rules.mesh_cues import (
     decide,
     normalize,
     rank_categories,
+    split_question,
     usable_term,
 )
 
@@ -87,16 +88,18 @@ class MeshMatcher:
 
     def classify(self, prompt: str) -> OfflineLabel:
         stem, options = split_stem(prompt)
-        norm_stem = normalize(stem)
-        found = [(end, CUES[i]) for end, i in self.cues.iter_long(norm_stem)]
+        context, question = split_question(stem)
+        norm_question, norm_context = normalize(question), normalize(context)
+        question_cues = [(end, CUES[i]) for end, i in self.cues.iter_long(norm_question)]
+        context_cues = [(end, CUES[i]) for end, i in self.cues.iter_long(norm_context)] if context else []
         seen: dict[int, None] = {}
-        for text in (norm_stem, normalize(options)) if options else (norm_stem,):
+        for text in (norm_context, norm_question, normalize(options) if options else ""):
             for _, idx in self.descriptors.iter_long(text):
                 seen.setdefault(idx, None)
         cats = self.vocab.descriptor_categories
         votes = [c for idx in seen for c in cats[idx]]
         ranked = rank_categories(votes)
-        decision = decide(found, votes, ranked)
+        decision = decide(question_cues, votes, context_cues, ranked)
         return OfflineLabel(
             code=self._code[decision.qualifier],
             name=decision.qualifier,

@@ -6,17 +6,22 @@ directly. The Aho-Corasick matching that feeds these rules lives in :mod:`curati
 Codes (m1): the MeSH qualifiers (subheadings; 76 in current MeSH) sorted alphabetically by name get the
 two-digit codes '00', '01', ... ('abnormalities' is 00, 'virology' is 75).
 
-The offline rule, in order (:func:`decide`):
+The offline rule, in order (:func:`decide`); the stem is the prompt before its option lines, and the
+question is the stem's last sentence (:func:`split_question`):
 
-1. **cue**: a cue phrase in the question stem (not the options) names the qualifier ("most likely
-   diagnosis" -> diagnosis, "mechanism of action" -> pharmacology, "next best step in management" ->
-   therapy ...; :data:`CUES`). Intent phrases (priority 2) beat topical words (priority 1); among cues of
-   the same priority the LAST in the stem wins, because the stem ends with the actual question.
-2. **category**: no cue: the top-level MeSH categories of the descriptors found in the whole prompt decide
-   (:data:`CATEGORY_QUALIFIER`): Diseases and Chemicals and Drugs together -> drug therapy, Diseases ->
-   diagnosis, Chemicals and Drugs -> pharmacology, Anatomy -> anatomy & histology, Organisms ->
-   microbiology, ... The most frequent category wins; ties go to :data:`CATEGORY_PRECEDENCE`.
-3. **default**: nothing matched: :data:`DEFAULT_QUALIFIER` (diagnosis, the commonest intent of clinical MCQs).
+1. **cue**: a cue phrase in the question names the qualifier ("most likely diagnosis" -> diagnosis,
+   "mechanism of action" -> pharmacology, "next best step in management" -> therapy ...; :data:`CUES`).
+   Intent phrases (priority 2) beat topical words (priority 1); among equals the last one wins.
+2. **category**: the top-level MeSH categories of the descriptors found in the whole prompt (stem and options),
+   if any is a content category (:data:`CONTENT_CATEGORIES`: Diseases, Chemicals and Drugs, Organisms,
+   Anatomy, Psychiatry and Psychology, Phenomena and Processes): Diseases and Chemicals and Drugs together ->
+   drug therapy, Diseases -> diagnosis, Chemicals and Drugs -> pharmacology, Anatomy -> anatomy & histology,
+   Organisms -> microbiology ... (:data:`CATEGORY_QUALIFIER`). The most frequent category wins; ties go to
+   :data:`CATEGORY_PRECEDENCE`.
+3. **context**: a cue elsewhere in the stem (a vignette's history, a PubMedQA abstract), chosen as in 1.
+   It ranks below the categories because such text mentions treatments and findings that are not what is asked.
+4. **category** from the other categories (techniques, health care, ...), then
+5. **default**: :data:`DEFAULT_QUALIFIER` (diagnosis, the commonest intent of clinical MCQs).
 """
 
 from __future__ import annotations
@@ -234,7 +239,8 @@ CUES: tuple[Cue, ...] = tuple(
     + _cues("ultrastructure", 1, "electron microscopy")
 )  # fmt: skip
 
-# No cue: the descriptors' categories decide. A question naming both a disease and a drug is about treating it.
+# No cue in the question: the descriptors' categories decide. A question naming a disease and a drug is about
+# treating it.
 CATEGORY_PAIR_QUALIFIER: dict[frozenset[str], str] = {frozenset({"C", "D"}): "drug therapy"}
 CATEGORY_QUALIFIER: dict[str, str] = {
     "C": "diagnosis",
@@ -252,14 +258,25 @@ CATEGORY_QUALIFIER: dict[str, str] = {
     "L": "statistics & numerical data",
     "Z": "epidemiology",
 }
+CONTENT_CATEGORIES = frozenset("CDBAFG")
 CATEGORY_PRECEDENCE = "CDBAGFENHIJKLZ"  # ties between equally frequent categories
 DEFAULT_QUALIFIER = "diagnosis"
+
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=\S)|\n+")
+
+
+def split_question(stem: str) -> tuple[str, str]:
+    """(context, question) of a stem: the question is its last sentence or line ('The diagnosis is:' too)."""
+    stem = stem.rstrip()
+    parts = _SENTENCE_END.split(stem)
+    question = parts[-1] if parts else ""
+    return stem[: len(stem) - len(question)], question
 
 
 @dataclass(frozen=True)
 class Decision:
     qualifier: str
-    rule: str  # cue | category | default
+    rule: str  # cue | category | context | default
     cue: str | None  # the cue phrase, or the deciding category letters
 
 
@@ -276,25 +293,43 @@ def rank_categories(categories: Iterable[str]) -> list[str]:
     return sorted(counts, key=lambda c: (-counts[c], _PRECEDENCE.get(c, len(_PRECEDENCE)), c))
 
 
+def _best(cues: Sequence[tuple[int, Cue]]) -> Cue:
+    return max(cues, key=lambda pc: (pc[1].priority, pc[0]))[1]
+
+
+def _by_category(ranked: Sequence[str], present: set[str], allowed: Iterable[str]) -> Decision | None:
+    usable = [c for c in ranked if c in allowed and c in CATEGORY_QUALIFIER]
+    if not usable:
+        return None
+    top = usable[0]
+    for pair, qualifier in CATEGORY_PAIR_QUALIFIER.items():
+        if top in pair and pair <= present:  # both present, and one of them leads
+            return Decision(qualifier, "category", "+".join(sorted(pair)))
+    return Decision(CATEGORY_QUALIFIER[top], "category", top)
+
+
 def decide(
-    cues: Sequence[tuple[int, Cue]], categories: Sequence[str], ranked: Sequence[str] | None = None
+    question_cues: Sequence[tuple[int, Cue]],
+    categories: Sequence[str],
+    context_cues: Sequence[tuple[int, Cue]] = (),
+    ranked: Sequence[str] | None = None,
 ) -> Decision:
-    """The offline rule (module docstring): ``cues`` are (position in the stem, cue) found in the stem,
-    ``categories`` one letter per matched descriptor (``ranked``: their :func:`rank_categories`, if known)."""
-    if cues:
-        _, best = max(cues, key=lambda pc: (pc[1].priority, pc[0]))
+    """The offline rule (module docstring). Cues are (position, cue) found in the question sentence and in the
+    rest of the stem; ``categories`` has one letter per matched descriptor (``ranked``: their
+    :func:`rank_categories`, when the caller has it)."""
+    if question_cues:
+        best = _best(question_cues)
         return Decision(best.qualifier, "cue", best.phrase)
     if ranked is None:
         ranked = rank_categories(categories)
-    usable = [c for c in ranked if c in CATEGORY_QUALIFIER]
-    if usable:
-        top = usable[0]
-        present = set(categories)
-        for pair, qualifier in CATEGORY_PAIR_QUALIFIER.items():
-            if top in pair and pair <= present:  # both present, and one of them leads
-                return Decision(qualifier, "category", "+".join(sorted(pair)))
-        return Decision(CATEGORY_QUALIFIER[top], "category", top)
-    return Decision(DEFAULT_QUALIFIER, "default", None)
+    present = set(categories)
+    decision = _by_category(ranked, present, CONTENT_CATEGORIES)
+    if decision is not None:
+        return decision
+    if context_cues:
+        best = _best(context_cues)
+        return Decision(best.qualifier, "context", best.phrase)
+    return _by_category(ranked, present, CATEGORY_QUALIFIER) or Decision(DEFAULT_QUALIFIER, "default", None)
 
 
 # ---- the LLM classifier: prompt and answer parsing ---------------------------------------------------

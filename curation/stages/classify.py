@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import schemas
 from curation.config import CurationConfig
@@ -212,7 +213,7 @@ class ClassifyRun:
         """`labels` rows for one batch of m23k (source, qid, prompt, metadata)."""
         sources = batch.column("source").to_pylist()
         qids = batch.column("qid").to_pylist()
-        prompts = batch.column("prompt").to_pylist()
+        prompts = [p or "" for p in batch.column("prompt").to_pylist()]
         metadata = batch.column("metadata").to_pylist()
         self.counts["rows_in"] += batch.num_rows
         keep = []
@@ -385,6 +386,14 @@ class ClassifyStage(Stage):
         )
         code_table = store.write_table("mesh_qualifiers", vocab.qualifiers)
         details: dict[str, Any] = {"classify_vocabulary": vocab.label}
+        domains = store.dataset_at(written.path).to_table(columns=["domain_name"]).column("domain_name")
+        top = pc.value_counts(domains).to_pylist() if written.rows else []
+        top = sorted(top, key=lambda d: -d["counts"])[:8]
+        details["classify_domains"] = len(pc.unique(domains)) if written.rows else 0
+        print(
+            f"[{STAGE}] {written.rows:,} labelled, {details['classify_domains']} domains; top: "
+            + ", ".join(f"{d['values']} {d['counts']:,}" for d in top)
+        )
         agreement = mesh_agreement(job.gold["found"], job.gold["gold"], job.gold["domain"])
         if agreement is not None:
             details["pubmedqa_mesh_agreement"] = agreement
