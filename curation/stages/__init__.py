@@ -21,7 +21,6 @@ PIPELINE: list[tuple[str, str]] = [
     ("teacher", "curation.stages.teacher:TeacherStage"),
     ("curate", "curation.stages.curate:CurateStage"),
     ("m23k", "curation.stages.m23k:M23kStage"),
-    # classify goes after m23k and before sample (their lines are added by the m23k/sample work)
     ("classify", "curation.stages.classify:ClassifyStage"),
     ("sample", "curation.stages.sample:SampleStage"),
 ]
