@@ -25,8 +25,11 @@ from typing import Any
 
 from curation import __version__
 from curation.errors import RunDirError, UserError, redact_secrets
+from curation.jobenv import check_run_dir
 
 DEFAULT_CONFIG = "configs/demo.yaml"
+# Commands that only read a run dir; every other command given a --run-dir writes one.
+READ_ONLY_COMMANDS = {"sql", "runs"}
 
 # Modules that contribute a subcommand through add_parser(subparsers); imported lazily by name so that
 # `m1 sql` does not pay for importing vLLM or transformers.
@@ -69,7 +72,6 @@ def stage_registry() -> dict[str, Callable[[], Any]]:
 # ---- curate ----------------------------------------------------------------------------------------
 def cmd_curate(args: argparse.Namespace) -> int:
     from curation.config import load_config
-    from curation.jobenv import check_run_dir
     from curation.pipeline import format_funnel, run_stages
     from curation.store.catalog import write_catalog
     from curation.store.runstore import RunStore
@@ -89,7 +91,6 @@ def cmd_curate(args: argparse.Namespace) -> int:
         )
     # Stages always run in pipeline order, whatever order --stages lists them in.
     stages = [registry[name]() for name in registry if name in wanted]
-    check_run_dir(args.run_dir)  # under `ray job submit`: no run dir inside the job's temporary working dir
     created = _is_local(args.run_dir) and not os.path.lexists(args.run_dir)
     store = RunStore(args.run_dir)
     print(f"m1 curate: config {config_path} -> run {store.location('')}")
@@ -308,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM unwinds like Ctrl-C: cleanup handlers run and the run directory stays consistent.
         signal.signal(signal.SIGTERM, _terminate)
     try:
+        if isinstance(getattr(args, "run_dir", None), str) and args.command not in READ_ONLY_COMMANDS:
+            # Under `ray job submit`: no run dir inside the job's temporary working dir (curate, eval, demo, ...).
+            check_run_dir(args.run_dir)
         return int(args.func(args) or 0)
     except UserError as exc:
         return fail(str(exc))

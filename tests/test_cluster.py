@@ -167,6 +167,23 @@ def test_demo_pipeline_as_a_job(cluster: LocalCluster, demo_run: tuple[Path, str
     assert "[ingest] running" in out
 
 
+def test_raw_ray_job_submit_with_m1_on_the_nodes_path(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The README's command without the wrapper, entrypoint `m1`: the console script resolves because
+    cluster/start-node.sh put the venv on the nodes' PATH (the nodes here start with a PATH that lacks it)."""
+    run_dir = tmp_path / "shared" / "raw"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--working-dir", "."]
+    cmd += ["--runtime-env", "cluster/runtime_env.yaml", "--"]
+    cmd += ["m1", "curate", "demo", "--stages", "ingest", "--run-dir", str(run_dir)]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    m = manifest(run_dir)
+    check_accounting(m, ["ingest"])
+    assert m["stages"]["ingest"]["rows_in"] == 341
+    assert m["ray_job"].startswith("raysubmit_") and re.fullmatch(r"[0-9a-f]{16}", m["code_hash"])
+
+
 def test_relative_run_dir_is_refused_as_a_job(cluster: LocalCluster) -> None:
     job_id, out = submit(
         cluster,

@@ -235,6 +235,15 @@ def test_relative_run_dir_is_refused_in_a_job(in_job: Path, capsys: pytest.Captu
     assert not (in_job / "runs").exists()  # nothing was written
 
 
+def test_every_writing_command_refuses_a_relative_run_dir_in_a_job(
+    in_job: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rule lives in the CLI's dispatch: plugin commands with a --run-dir (demo, eval, ...) get it too."""
+    assert main(["demo", "--run-dir", "runs/d"]) == 2
+    assert "'runs/d' is relative" in capsys.readouterr().err
+    assert not (in_job / "runs").exists()
+
+
 def test_run_dir_inside_the_job_working_dir_is_refused(in_job: Path) -> None:
     with pytest.raises(Exception, match="inside the job's working dir"):
         check_run_dir(str(in_job / "runs" / "x"))
