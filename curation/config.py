@@ -8,7 +8,7 @@ sources:
 ingest:
   m1_shuffle: true           # m1's default_rng(42) option shuffle
 ray:
-  address: null              # null: a local Ray; "auto" or ray://host:10001 for a cluster
+  address: null              # null: a local Ray, or the job's cluster under `ray job submit` (RAY_ADDRESS)
 engines: {}                  # named LLM engines (vllm or openai-compatible), used by later stages
 """
 
@@ -102,7 +102,9 @@ class IngestOptions(Strict):
 
 class RayOptions(Strict):
     address: str | None = Field(
-        None, description="None: start a local Ray; else passed to ray.init(address=)"
+        None,
+        description="None: the cluster in RAY_ADDRESS (set for `ray job submit` entrypoints), else a local Ray; "
+        "otherwise passed to ray.init(address=), e.g. host:6379 to drive a cluster from outside a job",
     )
     num_cpus: int | None = Field(
         None, gt=0, description="CPUs for a local Ray (default: all); 0 would leave no CPU for any task"
