@@ -368,3 +368,22 @@ def test_tiny_model_nonsense_is_recorded_and_falls_back(ray_local, tmp_path, tin
             assert r["attempts"] == 2
         else:  # a random two-digit number on the last line is a (meaningless) valid answer
             assert r["classifier"] == "llm:tiny"
+
+
+# ---- the CLI on the offline vocabulary -------------------------------------------------------------------------
+def test_mesh_show_and_classify_on_the_offline_vocabulary(capsys):
+    from curation.cli import main
+
+    assert main(["mesh", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "76 qualifiers" in out and "lacks: tree numbers" in out
+    assert "  20  Q000175      diagnosis" in out and "  75  Q000821      virology" in out
+    assert (
+        main(["mesh", "classify", "Which drug is the drug of choice for gout?\\nA. Allopurinol\\nB. Aspirin"])
+        == 0
+    )
+    got = json.loads(capsys.readouterr().out)
+    assert (got["domain_code"], got["domain_name"], got["rule"], got["cue"]) == (
+        "24", "drug therapy", "cue", "drug of choice"
+    )  # fmt: skip
+    assert got["descriptors"] == ["Gout", "Allopurinol", "Aspirin"]
