@@ -387,3 +387,46 @@ def test_mesh_show_and_classify_on_the_offline_vocabulary(capsys):
         "24", "drug therapy", "cue", "drug of choice"
     )  # fmt: skip
     assert got["descriptors"] == ["Gout", "Allopurinol", "Aspirin"]
+
+
+# ---- the stage on NLM's vocabulary (a parsed folder) ---------------------------------------------------------
+def test_stage_on_a_parsed_nlm_folder_uses_entry_terms_tree_numbers_and_scope_notes(ray_local, tmp_path):
+    from curation.mesh.synth_xml import DescSpec, QualSpec, write_descriptor_file, write_qualifier_file
+    from curation.mesh.tables import parse_mesh
+
+    quals = [
+        QualSpec(r["qualifier_ui"], r["name"], "XX", [f"Y{i:02d}"], f"Used for the {r['name']} of a subject.")
+        for i, r in enumerate(load_offline().qualifier_rows())
+    ]
+    desc = write_descriptor_file(
+        tmp_path / "desc2025.xml",
+        [
+            DescSpec("D000755", "Anemia, Sickle Cell", ["C15.378.071.141.150.150", "C16.320.365"], None,
+                     [("Q000175", "diagnosis", "DI")], [("M0001178", True, ["Anemia, Sickle Cell", "HbS Disease"])]),
+            DescSpec("D006493", "Hydroxyurea", ["D02.092.877.883.333"], None, [("Q000494", "pharmacology", "PD")],
+                     [("M0010499", True, ["Hydroxyurea", "Hydroxycarbamide"])]),
+        ],
+    )  # fmt: skip
+    mesh_dir = tmp_path / "mesh"
+    parse_mesh(desc, write_qualifier_file(tmp_path / "qual2025.xml", quals), mesh_dir)
+
+    run_dir = tmp_path / "run"
+    rows = [
+        {"source": "medqa", "qid": "q1", "prompt": "A boy with HbS disease is given hydroxycarbamide.\nA. a\nB. b",
+         "metadata": "{}", "answer_string": "a"},
+    ]  # fmt: skip
+    put_m23k(RunStore(str(run_dir)), rows)
+    record = run_classify(config(method="offline", mesh_dir=str(mesh_dir)), run_dir)
+    assert record["classify_vocabulary"] == f"nlm:{mesh_dir} (2025)"
+    [label] = RunStore(str(run_dir)).read_table("labels").to_pylist()
+    assert label["descriptors"] == ["Anemia, Sickle Cell", "Hydroxyurea"]  # found through their entry terms
+    assert label["categories"] == ["C", "D"] and label["category_names"] == [
+        "Diseases",
+        "Chemicals and Drugs",
+    ]
+    assert (label["domain_name"], label["rule"], label["cue"]) == ("drug therapy", "category", "C+D")
+    # the LLM prompt carries NLM's scope notes
+    from curation.mesh.vocab import load_nlm
+
+    [message] = ask_messages(rows[0]["prompt"], load_nlm(mesh_dir).qualifier_rows(), None)
+    assert "\n24 drug therapy: Used for the drug therapy of a subject.\n" in message["content"]
