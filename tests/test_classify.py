@@ -275,6 +275,7 @@ def test_absorb_responses_parses_counts_and_records_failures():
 
 
 # ---- the stage through an LLM: the rehearsal server ---------------------------------------------------------
+@pytest.mark.slow
 def test_llm_stage_with_faults_reasks_then_falls_back_and_resumes_from_the_ledger(ray_local, tmp_path):
     from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
 
@@ -316,6 +317,7 @@ def test_llm_stage_with_faults_reasks_then_falls_back_and_resumes_from_the_ledge
     assert resent <= 2 * record["classify_fallback"] < served
 
 
+@pytest.mark.slow
 def test_llm_failures_go_to_rejects_when_asked(ray_local, tmp_path):
     from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
 
