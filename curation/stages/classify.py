@@ -246,8 +246,11 @@ class ClassifyRun:
         kept = [True] * n
         if self.engine is not None:
             self.ask_llm(cols, prompts, kept)
-        for name, col in (("found", "descriptors"), ("gold", "gold_meshes"), ("domain", "domain_name")):
-            self.gold[name].extend(v for v, k in zip(cols[col], kept, strict=True) if k)
+        for i, gold in enumerate(cols["gold_meshes"]):  # only PubMedQA rows carry gold headings
+            if gold is not None and kept[i]:
+                self.gold["found"].append(cols["descriptors"][i])
+                self.gold["gold"].append(gold)
+                self.gold["domain"].append(cols["domain_name"][i])
         schema = schemas.get("labels").schema
         table = pa.Table.from_pydict({f.name: cols[f.name] for f in schema}, schema=schema)
         return table if all(kept) else table.filter(pa.array(kept, pa.bool_()))
