@@ -160,3 +160,15 @@ def test_stage_drops_cross_source_copies_and_accounts_for_every_row(tmp_path: Pa
     assert {r["reason"] for r in rejects} <= {"exact_duplicate", "near_duplicate"}
     assert "duplicates pool_index" in rejects[0]["detail"]
     assert result.details["dedup"]["detection_curve"].startswith("J=0.50")
+
+
+def test_stages_run_only_when_configured() -> None:
+    from curation.stages.decontaminate import DecontaminateStage
+
+    bare = CurationConfig(sources=[{"name": "x", "format": "medqa", "path": "x"}])
+    assert not DedupStage().enabled(bare) and not DecontaminateStage().enabled(bare)
+    with_dedup = CurationConfig(sources=[{"name": "x", "format": "medqa", "path": "x"}], dedup={})
+    # decontaminate runs with dedup even without eval sets: it writes the candidates the later stages read.
+    assert DedupStage().enabled(with_dedup) and DecontaminateStage().enabled(with_dedup)
+    with pytest.raises(ValueError, match="0-100 scale"):
+        DedupOptions(measure="ratio", threshold=0.95)

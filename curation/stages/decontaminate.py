@@ -34,6 +34,23 @@ def load_eval_indexes(opts: DecontaminateOptions, log: Any = None) -> list[EvalI
     from curation.stages.ingest import ingest_in_process
 
     indexes = []
+    if log and opts.eval_sets:
+        checks = []
+        if opts.ngram:
+            checks.append(f"{opts.ngram}-gram overlap >= {opts.ngram_overlap:g}")
+        if opts.minhash_threshold is not None:
+            b, r = opts.minhash.banding()
+            checks.append(
+                f"MinHash Jaccard >= {opts.minhash_threshold:g} ({opts.minhash.shingle} {opts.minhash.k}-shingles, "
+                f"{b} bands x {r} rows; P(candidate): {mh.detection_curve(b, r)})"
+            )
+        if opts.ratio_threshold is not None:
+            b, r = opts.ratio_minhash.banding()
+            checks.append(
+                f"fuzz.ratio >= {opts.ratio_threshold:g} ({opts.ratio_minhash.shingle} {opts.ratio_minhash.k}-shingle "
+                f"candidates, {b} bands x {r} rows)"
+            )
+        log(f"[{STAGE}] checks: " + "; ".join(checks))
     for source in opts.eval_sets:
         tables = ingest_in_process([source], IngestOptions(m1_shuffle=False))
         if tables.questions.num_rows == 0:

@@ -1,0 +1,295 @@
+"""Benchmark: dedup recall/precision at known Jaccard, and dedup + decontamination of a large pool.
+
+    flock /tmp/m1-heavy.lock .venv/bin/python bench/bench_dedup.py quality [--base 20000]
+    flock /tmp/m1-heavy.lock .venv/bin/python bench/bench_dedup.py scale [--rows 2000000] [--workdir /tmp/m1-bench]
+
+quality: a pool of synthetic ~60-word questions (words drawn from a Zipf vocabulary so that unrelated rows are
+dissimilar) with injected exact copies and near copies whose word 5-shingle Jaccard to their original is spread
+over 0.5-0.97 (words replaced at evenly spread positions; the true Jaccard is computed exactly). The dedup
+(`cluster` rule, text=question, Jaccard >= 0.8, 21 bands x 6 rows) is scored against the injected truth: recall
+per Jaccard bin (a copy counts as found when it is dropped), and precision (dropped rows that are injected
+copies). Baseline in the same run: datasketch ``MinHashLSH(threshold=0.8)`` (its own 9 x 13 banding) over the
+same texts, a copy found when it shares a bucket with its original.
+
+scale: ROWS synthetic MedMCQA-style rows (curation.devtools.synth, 2% exact and 3% near copies) ingested into a
+run store (not timed), then the dedup and decontaminate stages against a 5,000-question eval set holding 500 pool
+copies with reordered options, in a fresh process limited to 2 threads; wall time and peak RSS of that process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+# ------------------------------------------------------------------------------------------ quality
+
+
+def zipf_texts(n: int, rng: np.random.Generator, words: int = 60) -> list[list[str]]:
+    ranks = rng.zipf(1.3, size=(n, words))
+    return [[f"w{r}" for r in row] for row in np.minimum(ranks, 200_000)]
+
+
+def shingle_set(words: list[str], k: int = 5) -> set[str]:
+    return {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
+
+
+def quality(base: int, seed: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    from datasketch import MinHash, MinHashLSH
+
+    from curation.config import DedupOptions
+    from curation.rules import minhash as mh
+    from curation.stages.dedup import dedup_decisions
+
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    docs = zipf_texts(base, rng)
+    rows: list[list[str]] = [list(d) for d in docs]
+    truth: dict[int, int] = {}  # injected row -> original row
+    kind: dict[int, str] = {}
+    for _ in range(base // 20):  # exact copies
+        o = prng.randrange(base)
+        truth[len(rows)] = o
+        kind[len(rows)] = "exact"
+        rows.append(list(docs[o]))
+    for _ in range(base // 5):  # near copies at a target Jaccard, uniform in [0.5, 0.97]
+        o = prng.randrange(base)
+        target = prng.uniform(0.5, 0.97)
+        orig = set(shingle_set(docs[o]))
+        w = list(docs[o])
+        while True:
+            trial = list(w)
+            trial[prng.randrange(len(trial))] = f"edit{prng.random():.8f}"
+            t_set = shingle_set(trial)
+            if len(orig & t_set) / len(orig | t_set) < target:
+                break
+            w = trial
+        truth[len(rows)] = o
+        kind[len(rows)] = "near"
+        rows.append(w)
+    order = list(range(len(rows)))
+    prng.shuffle(order)  # copies land before or after their originals
+    texts = [" ".join(rows[i]) for i in order]
+    pos = {old: new for new, old in enumerate(order)}
+    pairs = [(pos[c], pos[o]) for c, o in truth.items()]
+    hasher = mh.MinHasher("word", 5, 128, 1)
+    sets = hasher.shingle_sets(texts)
+    jac = sets.jaccard(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
+
+    opts = DedupOptions(text="question", rule="cluster", threshold=0.8)
+    t = time.perf_counter()
+    d, details = dedup_decisions(pads.dataset(pa.table({"question": texts})), opts)
+    ours_s = time.perf_counter() - t
+    dropped = ~d.kept
+    # A pair is found when dedup puts copy and original in one cluster (one of them kept, the other dropped).
+    found = np.array([d.cluster[a] == d.cluster[b] for a, b in pairs])
+    # Precision: a dropped row is right when the row it records is of its family (same original) and their true
+    # word 5-shingle Jaccard is >= 0.8 (families: an original and its injected copies).
+    family = np.arange(len(texts))
+    for c, o in truth.items():
+        family[pos[c]] = pos[o]
+    drop_rows = np.flatnonzero(dropped)
+    match = d.duplicate_of[drop_rows]
+    true_j = sets.jaccard(drop_rows, match)
+    right = (family[drop_rows] == family[match]) & (true_j >= 0.8 - 1e-12)
+    n_drop, true_drop = len(drop_rows), int(right.sum())
+
+    t = time.perf_counter()
+    lsh = MinHashLSH(threshold=0.8, num_perm=128)
+    mhs = MinHash.bulk(
+        [[" ".join(t.split()[i : i + 5]).encode() for i in range(56)] for t in texts], num_perm=128
+    )
+    for i, m in enumerate(mhs):
+        lsh.insert(i, m)
+    ds_found = np.array([max(a, b) in lsh.query(mhs[min(a, b)]) for a, b in pairs])
+    ds_s = time.perf_counter() - t
+
+    bins = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.0), (1.0, 1.01)]
+    table = []
+    for lo, hi in bins:
+        sel = (jac >= lo) & (jac < hi)
+        if sel.any():
+            table.append(
+                {
+                    "jaccard": f"[{lo:.1f}, {min(hi, 1.0):.1f}{']' if hi > 1 else ')'}",
+                    "pairs": int(sel.sum()),
+                    "recall": round(float(found[sel].mean()), 4),
+                    "datasketch_recall": round(float(ds_found[sel].mean()), 4),
+                }
+            )
+    hi_sel = jac >= 0.8
+    res = {
+        "rows": len(texts),
+        "injected_pairs": len(pairs),
+        "recall_at_jaccard_ge_0.8": round(float(found[hi_sel].mean()), 4),
+        "datasketch_lsh_0.8_recall_at_ge_0.8": round(float(ds_found[hi_sel].mean()), 4),
+        "precision": round(true_drop / max(n_drop, 1), 4),
+        "dropped": n_drop,
+        "below_0.8_dropped_share": round(float(found[jac < 0.8].mean()), 4),
+        "ours_s": round(ours_s, 2),
+        "datasketch_lsh_s": round(ds_s, 2),
+        "bins": table,
+        "candidate_pairs": details["candidate_pairs"],
+    }
+    print(f"{'true Jaccard':<16}{'pairs':>8}{'recall':>10}{'datasketch LSH 0.8':>20}")
+    for r in table:
+        print(f"{r['jaccard']:<16}{r['pairs']:>8}{r['recall']:>10}{r['datasketch_recall']:>20}")
+    print(
+        f"recall at J>=0.8: {res['recall_at_jaccard_ge_0.8']} (datasketch {res['datasketch_lsh_0.8_recall_at_ge_0.8']}); "
+        f"precision {res['precision']} ({n_drop} dropped); ours {res['ours_s']} s, datasketch {res['datasketch_lsh_s']} s"
+    )
+    return res
+
+
+# ------------------------------------------------------------------------------------------ scale
+
+
+def prepare(rows: int, workdir: Path) -> Path:
+    """Synthetic pool -> a run store with `questions` (cached in workdir), plus the eval set file."""
+    run = workdir / f"run-{rows}"
+    marker = run / "ready"
+    if marker.exists():
+        return run
+    import json as _json
+
+    from curation.config import IngestOptions, SourceConfig
+    from curation.devtools.synth import generate_pool
+    from curation.stages.ingest import ingest_in_process
+    from curation.store.runstore import RunStore
+
+    pool = workdir / f"pool-{rows}"
+    if not (pool / "medmcqa.jsonl").exists():
+        generate_pool(pool, rows, format="medmcqa", seed=0, workers=2)
+    tables = ingest_in_process(
+        [SourceConfig(name="medmcqa", format="medmcqa", path=str(pool / "medmcqa.jsonl"))], IngestOptions()
+    )
+    store = RunStore(str(run))
+    store.commit([store.write_table("questions", tables.questions)])
+    # Eval set: 4,500 fresh questions and 500 pool questions with their options rotated, in MedQA layout.
+    rng = random.Random(9)
+    q = tables.questions
+    picks = rng.sample(range(q.num_rows), 500)
+    with (workdir / "eval.jsonl").open("w") as f:
+        from curation.devtools.synth import medqa_row
+
+        for _ in range(4500):
+            f.write(_json.dumps(medqa_row(rng, 4)) + "\n")
+        for i in picks:
+            opts = [o["text"] for o in q.column("options")[i].as_py()]
+            opts = opts[1:] + opts[:1]
+            ans = q.column("answer_text")[i].as_py()
+            labels = "ABCDE"[: len(opts)]
+            f.write(
+                _json.dumps(
+                    {
+                        "question": q.column("question")[i].as_py(),
+                        "options": dict(zip(labels, opts, strict=True)),
+                        "answer": ans,
+                        "answer_idx": labels[opts.index(ans)],
+                        "meta_info": "x",
+                    }
+                )
+                + "\n"
+            )
+    marker.write_text("ok")
+    return run
+
+
+def scale_child(run: str, workdir: str) -> None:
+    from curation.config import CurationConfig
+    from curation.pipeline import StageContext
+    from curation.stages.decontaminate import DecontaminateStage
+    from curation.stages.dedup import DedupStage
+    from curation.store.runstore import RunStore
+
+    store = RunStore(run)
+    cfg = CurationConfig(
+        sources=[{"name": "medmcqa", "format": "medmcqa", "path": "x"}],
+        ray={"num_cpus": 2},
+        dedup={"text": "question_options"},
+        decontaminate={
+            "eval_sets": [
+                {"name": "eval", "format": "medqa", "path": f"{workdir}/eval.jsonl", "split": "test"}
+            ]
+        },
+    )
+    out = {}
+    t0 = time.perf_counter()
+    for stage in (DedupStage(), DecontaminateStage()):
+        t = time.perf_counter()
+        r = stage.run(StageContext(store=store, config=cfg, input_hash="bench"))
+        store.commit(r.outputs)
+        out[stage.name] = {
+            "s": round(time.perf_counter() - t, 1),
+            "in": r.rows_in,
+            "out": r.rows_out,
+            "rejected": r.rejected_by_reason,
+        }
+    out["total_s"] = round(time.perf_counter() - t0, 1)
+    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    print("RESULT " + json.dumps(out))
+
+
+def scale(rows: int, workdir: Path) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    run = prepare(rows, workdir)
+    print(f"prepared {rows:,} rows in {time.perf_counter() - t:.0f} s (not timed)")
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", POLARS_MAX_THREADS="2")
+    proc = subprocess.run(
+        [sys.executable, __file__, "scale-child", str(run), str(workdir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        raise SystemExit(f"child failed: {proc.returncode}")
+    res = {"rows": rows, **json.loads(lines[0][7:])}
+    print(
+        f"{rows:,} rows: dedup {res['dedup']['s']} s, decontaminate {res['decontaminate']['s']} s, "
+        f"total {res['total_s']} s, peak RSS {res['peak_rss_gib']} GiB (2 threads)"
+    )
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--base", type=int, default=20_000)
+    q.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("scale")
+    s.add_argument("--rows", type=int, default=2_000_000)
+    s.add_argument("--workdir", default="/tmp/m1-bench")
+    c = sub.add_parser("scale-child")
+    c.add_argument("run")
+    c.add_argument("workdir")
+    args = ap.parse_args()
+    if args.cmd == "quality":
+        print(json.dumps(quality(args.base, args.seed)))
+    elif args.cmd == "scale":
+        print(json.dumps(scale(args.rows, Path(args.workdir))))
+    else:
+        scale_child(args.run, args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
