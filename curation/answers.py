@@ -180,6 +180,8 @@ _LETTER_LIST = re.compile(
 )
 _LETTER_PUNCT_TEXT = re.compile(r"^[(\[]?([A-Za-z])\s*(?:[)\]]\s*[.:\-–—]?|[.:\-–—])\s*(\S.*)$", re.S)
 _LETTER_SPACE_TEXT = re.compile(r"^([A-Z])\s+(\S.*)$", re.S)
+# "B, not C" / "B; it is the only constrictor": an uppercase letter, a comma, then prose.
+_LETTER_COMMA_TEXT = re.compile(r"^[(\[]?([A-Z])[)\]]?\s*[,;]\s*(\S.*)$", re.S)
 # An uppercase A or I followed by a lowercase word is usually the article / pronoun, unless the word says the
 # letter is a label ("A is correct", "I because ...").
 _LABEL_VERBS = re.compile(r"^(?:is|was|would|seems|appears|because|since|as|fits|matches)\b")
@@ -264,6 +266,15 @@ def _read_candidate(raw: str, options: Mapping[str, str], *, prose: bool, where:
     punct = _LETTER_PUNCT_TEXT.match(text)
     if punct:
         return _letter_with_text(punct.group(1), punct.group(2), options, where, prose, strong=True)
+
+    comma = _LETTER_COMMA_TEXT.match(text) if prose else None
+    if comma:
+        letter, rest = comma.group(1), comma.group(2)
+        other = re.match(r"^[(\[]?([A-Z])[)\]]?(?![A-Za-z0-9'])", rest)
+        if other and other.group(1) != letter:  # "B, C are both right"
+            return _Read(None, f"{where}: several letters ({letter}, {other.group(1)})", True)
+        if not _prefix_match(norm, options):
+            return _letter_verdict(letter, options, f"{where}: letter {letter}")
 
     # An option text may itself start with another option's letter ("B cells" as option A): text first.
     prefix = _prefix_match(norm, options) if prose else []
