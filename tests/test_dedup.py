@@ -159,6 +159,8 @@ def test_stage_drops_cross_source_copies_and_accounts_for_every_row(tmp_path: Pa
     assert len(rejects) == len(dropped) == result.rows_rejected
     assert {r["reason"] for r in rejects} <= {"exact_duplicate", "near_duplicate"}
     assert "duplicates pool_index" in rejects[0]["detail"]
+    # By qid, as every stage after ingest: the lineage view joins rejects back to the pool on it.
+    assert sorted(r["source_ref"] for r in rejects) == sorted(r["qid"] for r in dropped)
     assert result.details["dedup"]["detection_curve"].startswith("J=0.50")
 
 

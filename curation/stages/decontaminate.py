@@ -86,7 +86,8 @@ def contamination_rows(batch: pa.Table, pool_index: np.ndarray | None, m: Matche
 
 
 def reject_table(stage: str, batch: pa.Table, m: Matches, ref_column: str, raw_column: str) -> pa.Table:
-    """One reject per contaminated row (its first match, which sorts first)."""
+    """One reject per contaminated row (its first match, which sorts first); ``ref_column`` is the qid, as every
+    stage after ingest identifies a question (the lineage view joins on it)."""
     first = np.unique(m.row, return_index=True)[1]
     rows = pa.array(m.row[first], pa.int64())
     detail = [
@@ -158,7 +159,7 @@ class DecontaminateStage(Stage):
                     m = find_matches(table, indexes, opts)
                     if len(m.row):
                         contamination.append(contamination_rows(table, index, m))
-                        rejects.append(reject_table(STAGE, table, m, "source_id", "metadata"))
+                        rejects.append(reject_table(STAGE, table, m, "qid", "metadata"))
                         survivors[m.row] = False
                 out = table.filter(pa.array(survivors)).append_column(
                     "pool_index", pa.array(index[survivors], pa.int64())

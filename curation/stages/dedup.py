@@ -133,9 +133,10 @@ class DedupStage(Stage):
                 )
                 reasons.update(reason.to_pylist())
                 detail = [
-                    f"pool_index {i} duplicates pool_index {d} ({s}:{q}), {rule} similarity {sim:g}"
-                    for i, d, s, q, rule, sim in zip(
+                    f"pool_index {i} ({ref}) duplicates pool_index {d} ({s}:{q}), {rule} similarity {sim:g}"
+                    for i, ref, d, s, q, rule, sim in zip(
                         rows.column("pool_index").to_pylist(),
+                        part.column("source_id").to_pylist(),
                         rows.column("duplicate_of").to_pylist(),
                         rows.column("duplicate_of_source").to_pylist(),
                         rows.column("duplicate_of_qid").to_pylist(),
@@ -149,7 +150,7 @@ class DedupStage(Stage):
                         {
                             "stage": pa.array([STAGE] * len(local), pa.string()),
                             "source": part.column("source"),
-                            "source_ref": part.column("source_id"),
+                            "source_ref": rows.column("qid"),  # by qid, as every stage after ingest
                             "reason": reason,
                             "detail": pa.array(detail, pa.string()),
                             "raw": part.column("metadata"),
