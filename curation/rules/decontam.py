@@ -179,14 +179,15 @@ def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOp
             pairs = mh.cross_pairs(bands, side.ratio_bands, left_valid=valid, right_valid=side.valid)
             if not len(pairs):
                 continue
-            from rapidfuzz import fuzz, process
+            from curation.stages.dedup import verify_pairs
 
-            sim = process.cpdist(
-                texts[kind].take(pa.array(pairs[:, 0])).to_pylist(),
-                side.texts.take(pa.array(pairs[:, 1])).to_pylist(),
-                scorer=fuzz.ratio,
-                workers=-1,
-                dtype=np.float64,
+            sim = verify_pairs(
+                texts[kind],
+                pairs[:, 0],
+                pairs[:, 1],
+                measure="ratio",
+                hasher=None,
+                other=side.texts,
                 score_cutoff=opts.ratio_threshold,
             )
             ok = sim >= opts.ratio_threshold

@@ -30,6 +30,7 @@ from curation.rules import minhash as mh
 from curation.rules.dedup import EXACT, NEAR, decide, exact_representatives
 
 STAGE = "dedup"
+VERIFY_CHUNK = 262_144  # candidate pairs per rapidfuzz call
 RULE_NAMES = {EXACT: "exact"}
 
 
@@ -66,7 +67,7 @@ def verify_pairs(
     right: np.ndarray,
     *,
     measure: str,
-    hasher: mh.MinHasher,
+    hasher: mh.MinHasher | None,
     other: pa.Array | None = None,
     score_cutoff: float | None = None,
 ) -> np.ndarray:
@@ -76,15 +77,27 @@ def verify_pairs(
         return np.empty(0, dtype=np.float64)
     other_texts = texts if other is None else other
     if measure == "jaccard":
+        if hasher is None:
+            raise ValueError("the jaccard measure needs the hasher that defines the shingles")
         sets = hasher.shingle_sets(texts)
         other_sets = sets if other is None else hasher.shingle_sets(other_texts)
         return sets.jaccard(left, right, other_sets)
     from rapidfuzz import fuzz, process
 
-    a = texts.take(pa.array(left)).to_pylist()
-    b = other_texts.take(pa.array(right)).to_pylist()
-    # score_cutoff lets rapidfuzz skip pairs whose lengths already rule the threshold out (they score 0).
-    return process.cpdist(a, b, scorer=fuzz.ratio, workers=-1, dtype=np.float64, score_cutoff=score_cutoff)
+    # One Python string per text (pairs share them by reference), compared in chunks so that millions of
+    # candidate pairs never hold millions of string copies at once.
+    a_all = texts.to_pylist()
+    b_all = a_all if other is None else other_texts.to_pylist()
+    out = np.empty(len(left), dtype=np.float64)
+    for lo in range(0, len(left), VERIFY_CHUNK):
+        hi = min(lo + VERIFY_CHUNK, len(left))
+        a = [a_all[i] for i in left[lo:hi]]
+        b = [b_all[j] for j in right[lo:hi]]
+        # score_cutoff lets rapidfuzz skip pairs whose lengths already rule the threshold out (they score 0).
+        out[lo:hi] = process.cpdist(
+            a, b, scorer=fuzz.ratio, workers=-1, dtype=np.float64, score_cutoff=score_cutoff
+        )
+    return out
 
 
 class DedupStage(Stage):
