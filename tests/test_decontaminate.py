@@ -209,3 +209,37 @@ def test_stage_on_demo_pool_removes_the_planted_copies(tmp_path: Path) -> None:
     assert m23k.num_rows == 5 and 4 not in m23k.column("pool_index").to_pylist()
     assert result.rejected_by_reason == {"contaminated": 1}
     assert store.read_table("contamination/m23k").column("eval_set").to_pylist() == ["medqa_test"]
+
+
+@pytest.mark.slow  # starts a local Ray (the runner connects before each stage it runs)
+def test_runner_resumes_and_reruns_when_an_eval_set_changes(tmp_path: Path, ray_local: None) -> None:
+    from curation.pipeline import run_stages
+
+    q = ingest_in_process(
+        [SourceConfig(name="medqa", format="medqa", path=str(SAMPLE_POOL / "medqa.jsonl"))], IngestOptions()
+    ).questions
+    store = RunStore(str(tmp_path / "run"))
+    store.commit([store.write_table("questions", q)])
+    eval_copy = tmp_path / "eval.jsonl"
+    eval_copy.write_text((SAMPLE_POOL / "eval_medqa_test.jsonl").read_text())
+    cfg = CurationConfig(
+        sources=[{"name": "medqa", "format": "medqa", "path": str(SAMPLE_POOL / "medqa.jsonl")}],
+        dedup={},
+        decontaminate={
+            "eval_sets": [{"name": "t", "format": "medqa", "path": str(eval_copy), "split": "test"}]
+        },
+    )
+    stages = [DedupStage(), DecontaminateStage()]
+    first = run_stages(stages, cfg, store, log=lambda *a: None)
+    assert [r["skipped"] for r in first] == [False, False]
+    assert first[1]["decontaminate"]["removed_per_eval_set"] == {"t": 2}  # the two MedQA copies
+    again = run_stages(stages, cfg, store, log=lambda *a: None)
+    assert [r["skipped"] for r in again] == [True, True]
+    eval_copy.write_text("\n".join(eval_copy.read_text().splitlines()[2:]) + "\n")  # drop the MedQA copies
+    from curation.errors import RunConflictError
+
+    with pytest.raises(RunConflictError, match="decontaminate: changed files"):
+        run_stages(stages, cfg, store, log=lambda *a: None)
+    third = run_stages([DecontaminateStage()], cfg, store, force=True, log=lambda *a: None)
+    assert third[0]["skipped"] is False and third[0]["rows_rejected"] == 0
+    assert store.read_table("candidates").num_rows == first[1]["rows_in"]
