@@ -43,6 +43,13 @@ class RunDirNotADirectoryError(RunDirError, NotADirectoryError):
     """The run directory is a file."""
 
 
+class MissingTableError(RunDirError, KeyError):
+    """The run has no committed table of that name (an earlier stage has not run)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and root path for a local path or a filesystem URI.
 
@@ -258,9 +265,7 @@ class RunStore:
         return pads.dataset(self.path(rel), filesystem=self.fs, format="parquet")
 
     def dataset(self, name: str) -> pads.Dataset:
-        entry = self.manifest.get("tables", {}).get(name)
-        if entry is None:
-            raise KeyError(f"run {self.uri!r} has no table {name!r}; it has {sorted(self.tables())}")
+        entry = self._entry(name)
         try:
             return self.dataset_at(entry["path"])
         except FileNotFoundError:
@@ -277,7 +282,16 @@ class RunStore:
 
     def table_location(self, name: str) -> str:
         """Where table ``name``'s current Parquet files are (for DuckDB or Ray)."""
-        return self.location(self.manifest["tables"][name]["path"])
+        return self.location(self._entry(name)["path"])
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        entry = self.manifest.get("tables", {}).get(name)
+        if entry is None:
+            raise MissingTableError(
+                f"run {self.uri!r} has no table {name!r} (it has {', '.join(sorted(self.tables())) or 'none'}); "
+                "run the stage that writes it first (m1 curate CONFIG --run-dir ...)"
+            )
+        return entry
 
     def gc(self) -> list[str]:
         """Delete table versions the manifest does not point to, and scratch space; returns what was removed."""
