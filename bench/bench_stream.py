@@ -47,8 +47,9 @@ def build(batch):
         for i in batch["id"].tolist()
     ])
 
+result_init_rss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 cfg = OpenAIEngineConfig(base_url=url, max_concurrency=64, actors=2, actor_num_cpus=0.5, transport="aiohttp")
-result = {{"n": n}}
+result = {{"n": n, "after_init_rss_mib": result_init_rss}}
 for run in ("first", "rerun"):
     started = time.perf_counter()
     ds = ray.data.range(n, override_num_blocks=max(8, n // 2000)).map_batches(build, batch_format="numpy")
@@ -103,7 +104,8 @@ def main() -> None:
             f"{n:>8,} requests: first {first['wall_s']} s ({n / first['wall_s']:,.0f}/s), rerun {rerun['wall_s']} s "
             f"({rerun['cached']:,} from the ledger); rows {first['rows']:,}/{rerun['rows']:,}; "
             f"errors {first['errors']}; server saw {result['server_requests']:,}; "
-            f"driver peak RSS {rerun['peak_rss_mib']} MiB",
+            f"driver peak RSS {rerun['peak_rss_mib']} MiB (after ray.init {result['after_init_rss_mib']}, "
+            f"after the first pass {first['peak_rss_mib']})",
             flush=True,
         )
     if len(results) >= 2:

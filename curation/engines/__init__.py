@@ -138,11 +138,7 @@ def map_requests(
     answered (done, from the ledger, failed, cost); vLLM runs show Ray Data's own progress.
     The ledger is compacted first when it has many shards (streaming, bounded memory).
     """
-    ledger = Ledger(ledger_uri)
-    try:
-        ledger.compact()  # many small shards slow every worker's index; merging them streams row groups
-    except OSError as exc:
-        print(f"m1: ledger compaction skipped ({exc}); the ledger is intact", file=sys.stderr)
+    _compact_on_a_worker(ledger_uri)
     if engine.kind == "openai":
         from curation.engines.openai_engine import OpenAIRun, generate
 
@@ -159,6 +155,21 @@ def map_requests(
 
 
 PROGRESS_EVERY_S = 10.0
+
+
+def _compact(ledger_uri: str) -> int:
+    return Ledger(ledger_uri).compact()
+
+
+def _compact_on_a_worker(ledger_uri: str) -> None:
+    """Merge a ledger of many small shards (they slow every worker's index) in a Ray task: the merge streams
+    row groups, but the driver's memory is kept for the driver."""
+    import ray
+
+    try:
+        ray.get(ray.remote(num_cpus=0.25, max_retries=0)(_compact).remote(ledger_uri))
+    except (OSError, ray.exceptions.RayTaskError) as exc:  # every answer is durable; compaction can wait
+        print(f"m1: ledger compaction skipped ({exc}); the ledger is intact", file=sys.stderr)
 
 
 def _progress_lines(run: Any, engine: Any) -> None:

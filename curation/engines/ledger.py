@@ -109,7 +109,8 @@ class Ledger:
                 self._write_shard(schemas.conform(self._first_per_request(table), "responses"))
                 rows = table.num_rows
             for path in owned:  # still locked by us: no writer can be appending
-                os.unlink(path)
+                with contextlib.suppress(FileNotFoundError):  # another compactor got there first
+                    os.unlink(path)
         return rows
 
     def _dataset_of(self, shards: list[str]) -> pads.Dataset:

@@ -536,7 +536,12 @@ class LedgerSink:
         while True:
             await self._wal_wake.wait()
             self._wal_wake.clear()
-            await self._log_pending()
+            try:
+                await self._log_pending()
+            except OSError as exc:  # e.g. a full disk: the rows still reach Parquet with the next flush
+                logger.warning(
+                    "m1 openai engine: write-ahead append failed (%s); relying on ledger flushes", exc
+                )
 
     async def _log_pending(self) -> None:
         async with self._wal_lock:
@@ -548,7 +553,13 @@ class LedgerSink:
         rows, self._wal_rows = self._wal_rows, []
         if self._segment is None:
             self._segment = await asyncio.to_thread(self.ledger.open_segment, fsync=self.fsync)
-        await asyncio.to_thread(self._segment.append, responses_table(rows))
+        try:
+            await asyncio.to_thread(self._segment.append, responses_table(rows))
+        except OSError:
+            # A failed write may leave a torn record, which would hide every later one: start a new segment.
+            self._segment.close()
+            self._segment = None
+            raise
         self.logged += len(rows)
 
     async def flush(self) -> int:

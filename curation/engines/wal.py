@@ -125,8 +125,9 @@ def segments(directory: str) -> list[str]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    paths = [os.path.join(directory, n) for n in names if n.endswith(SUFFIX) and not n.startswith(".")]
-    return sorted(paths, key=lambda p: (os.stat(p).st_mtime_ns if os.path.exists(p) else 0, p))
+    # Names start with the writer's creation time in ns, so name order is creation order (no stat calls,
+    # which would race with compaction deleting a segment).
+    return sorted(os.path.join(directory, n) for n in names if n.endswith(SUFFIX) and not n.startswith("."))
 
 
 @contextmanager
