@@ -183,7 +183,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     root = Path(args.root)
     if not root.is_dir():
-        raise UserError(f"{args.root}: no such folder (m1 runs lists the run directories under a folder)")
+        what = "is a file, not a folder" if root.exists() else "no such folder"
+        raise UserError(f"{args.root}: {what} (m1 runs lists the run directories under a folder)")
     candidates = (
         [root] if (root / "manifest.json").exists() else sorted(p for p in root.glob("*") if p.is_dir())
     )
@@ -219,7 +220,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs under {root}")
         return 0
-    from rich.console import Console
     if args.format == "json":
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
@@ -227,6 +227,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(f"m1 runs: {broken} run(s) flagged CORRUPT or FILES MISSING", file=sys.stderr)
         return 0
     from rich.table import Table
+    from rich.console import Console
 
     t = Table(title=f"runs under {root}")
     for col in rows[0]:
@@ -271,9 +272,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list runs and their table counts")
     p.add_argument("root", nargs="?", default="runs")
-    p.set_defaults(func=cmd_runs)
     p.add_argument("--format", choices=["table", "json"], default="table", help="json: one object per run")
 
+    p.set_defaults(func=cmd_runs)
     # Plugin subcommands: only import the one being run (or all, for --help).
     wanted = None
     if argv:
@@ -317,7 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc))
     except ValidationError as exc:
         return fail(format_validation_error(exc))
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ) as exc:
         # Files named on the command line: user mistakes, not bugs; name the file and what is wrong.
         if exc.filename is not None:
             return fail(f"{exc.filename}: {exc.strerror or exc}")

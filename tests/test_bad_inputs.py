@@ -712,6 +712,19 @@ def test_ledger_import_reads_a_json_array(tmp_path: Path, capsys: pytest.Capture
     )
 
 
+def test_ledger_import_into_a_file_and_runs_on_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "traces.jsonl"
+    path.write_text('{"prompt": "Q", "distilled_answer_string": "A", "reasoning": "r"}\n')
+    (tmp_path / "afile").write_text("x")
+    user_error(
+        cli(capsys, "ledger-import", path, "--ledger", tmp_path / "afile", "--model", "m"),
+        f"--ledger {tmp_path / 'afile'}: cannot open or create the ledger",
+    )
+    user_error(cli(capsys, "runs", tmp_path / "afile"), "afile: is a file, not a folder")
+
+
 # ---------------------------------------------------------------------------------------------------- small tools
 
 

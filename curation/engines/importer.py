@@ -159,8 +159,13 @@ def import_responses(
     needed = template_columns | set(required)
 
     engine = f"import:{name}"
-    ledger = Ledger(ledger_uri)
-    answered = set(ledger.answered_ids().to_pylist())
+    try:
+        ledger = Ledger(ledger_uri)
+        answered = set(ledger.answered_ids().to_pylist())
+    except (OSError, pa.ArrowException) as exc:
+        raise ImportFileError(
+            f"--ledger {ledger_uri}: cannot open or create the ledger there ({exc})"
+        ) from None
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
     skipped_empty = 0
