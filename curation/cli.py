@@ -226,8 +226,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if broken:
             print(f"m1 runs: {broken} run(s) flagged CORRUPT or FILES MISSING", file=sys.stderr)
         return 0
-    from rich.table import Table
     from rich.console import Console
+    from rich.table import Table
 
     t = Table(title=f"runs under {root}")
     for col in rows[0]:
@@ -273,8 +273,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs and their table counts")
     p.add_argument("root", nargs="?", default="runs")
     p.add_argument("--format", choices=["table", "json"], default="table", help="json: one object per run")
-
     p.set_defaults(func=cmd_runs)
+
     # Plugin subcommands: only import the one being run (or all, for --help).
     wanted = None
     if argv:
