@@ -71,7 +71,8 @@ class SourceConfig(Strict):
     path: str = Field(description="file, folder, or hf:<id>[:<config>]/<split>")
     mapping: dict[str, Any] = Field(default_factory=dict, description="mcq only: where fields live")
     split: str = Field(
-        "train", description="split label (pubmedqa: which half of m1's 50/50 split to keep: train, test or all)"
+        "train",
+        description="split label (pubmedqa: which half of m1's 50/50 split to keep: train, test or all)",
     )
 
     @model_validator(mode="after")
