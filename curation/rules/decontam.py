@@ -148,6 +148,10 @@ def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOp
                 np.arange(int(sets.sizes.sum())) - np.repeat(np.cumsum(sets.sizes) - sets.sizes, sets.sizes)
             )
             values = sets.values[idx]
+            order = np.argsort(
+                values
+            )  # sorted needles: searchsorted walks the haystack in order (cache friendly)
+            values, rows = values[order], rows[order]
             lo = np.searchsorted(side.ngram_values, values, side="left")
             hi = np.searchsorted(side.ngram_values, values, side="right")
             if kind == "question":

@@ -102,8 +102,8 @@ def _is_word(c: np.uint8) -> bool:
 
 
 @numba.njit(nogil=True, cache=True)
-def _emit_shingles(data, start, end, kind, k, out):  # noqa: ANN001, ANN202
-    """Write the 64-bit shingle hashes of data[start:end] into ``out``; return how many."""
+def _emit_shingles(data, start, end, kind, k, out, write):  # noqa: ANN001, ANN202
+    """Write the 64-bit shingle hashes of data[start:end] into ``out`` (when ``write``); return how many."""
     n = 0
     ring = np.zeros(k, dtype=np.uint64)
     if kind == 0:  # words
@@ -124,13 +124,15 @@ def _emit_shingles(data, start, end, kind, k, out):  # noqa: ANN001, ANN202
                 s = _FNV_OFFSET
                 for j in range(k):
                     s = (s ^ ring[(count - k + j) % k]) * _FNV_PRIME
-                out[n] = _mix64(s)
+                if write:
+                    out[n] = _mix64(s)
                 n += 1
         if 0 < count < k:
             s = _FNV_OFFSET
             for j in range(count):
                 s = (s ^ ring[j]) * _FNV_PRIME
-            out[n] = _mix64(s)
+            if write:
+                out[n] = _mix64(s)
             n += 1
     else:  # bytes of the whitespace-collapsed text
         count = 0
@@ -156,54 +158,67 @@ def _emit_shingles(data, start, end, kind, k, out):  # noqa: ANN001, ANN202
                     s = _FNV_OFFSET
                     for j in range(k):
                         s = (s ^ ring[(count - k + j) % k]) * _FNV_PRIME
-                    out[n] = _mix64(s)
+                    if write:
+                        out[n] = _mix64(s)
                     n += 1
         if 0 < count < k:
             s = _FNV_OFFSET
             for j in range(count):
                 s = (s ^ ring[j]) * _FNV_PRIME
-            out[n] = _mix64(s)
+            if write:
+                out[n] = _mix64(s)
             n += 1
     return n
+
+
+@numba.njit(inline="always")
+def _block(n, blocks, i):  # noqa: ANN001, ANN202
+    return i * n // blocks, (i + 1) * n // blocks
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _signatures(data, offsets, kind, k, a, b, sig, counts):  # noqa: ANN001, ANN202
     n_docs = len(offsets) - 1
     num_perm = len(a)
-    for d in numba.prange(n_docs):
-        start, end = offsets[d], offsets[d + 1]
-        buf = np.empty(end - start + 1, dtype=np.uint64)
-        m = _emit_shingles(data, start, end, kind, k, buf)
-        counts[d] = m
-        row = sig[d]
-        for p in range(num_perm):
-            row[p] = 0xFFFFFFFF
-        for t in range(m):
-            x = buf[t] >> np.uint64(32)  # a 32-bit key for multiply-add-shift
+    blocks = min(n_docs, 512)  # one scratch buffer per block of texts, not one allocation per text
+    for blk in numba.prange(blocks):
+        d0, d1 = _block(n_docs, blocks, blk)
+        longest = 0
+        for d in range(d0, d1):
+            longest = max(longest, offsets[d + 1] - offsets[d])
+        buf = np.empty(longest + 1, dtype=np.uint64)
+        for d in range(d0, d1):
+            m = _emit_shingles(data, offsets[d], offsets[d + 1], kind, k, buf, True)
+            counts[d] = m
+            row = sig[d]
             for p in range(num_perm):
-                v = np.uint32((a[p] * x + b[p]) >> np.uint64(32))
-                if v < row[p]:
-                    row[p] = v
+                row[p] = 0xFFFFFFFF
+            for t in range(m):
+                x = buf[t] >> np.uint64(32)  # a 32-bit key for multiply-add-shift
+                for p in range(num_perm):
+                    v = np.uint32((a[p] * x + b[p]) >> np.uint64(32))
+                    if v < row[p]:
+                        row[p] = v
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _count_shingles(data, offsets, kind, k, counts):  # noqa: ANN001, ANN202
+    none = np.empty(1, dtype=np.uint64)
     for d in numba.prange(len(offsets) - 1):
-        buf = np.empty(offsets[d + 1] - offsets[d] + 1, dtype=np.uint64)
-        counts[d] = _emit_shingles(data, offsets[d], offsets[d + 1], kind, k, buf)
+        counts[d] = _emit_shingles(data, offsets[d], offsets[d + 1], kind, k, none, False)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _fill_shingle_sets(data, offsets, kind, k, out_offsets, out, sizes):  # noqa: ANN001, ANN202
     for d in numba.prange(len(offsets) - 1):
         lo = out_offsets[d]
-        m = _emit_shingles(data, offsets[d], offsets[d + 1], kind, k, out[lo : out_offsets[d + 1]])
-        s = np.sort(out[lo : lo + m])
+        m = _emit_shingles(data, offsets[d], offsets[d + 1], kind, k, out[lo : out_offsets[d + 1]], True)
+        view = out[lo : lo + m]
+        view.sort()
         u = 0
         for t in range(m):  # unique, in place
-            if t == 0 or s[t] != s[t - 1]:
-                out[lo + u] = s[t]
+            if t == 0 or view[t] != view[t - 1]:
+                out[lo + u] = view[t]
                 u += 1
         sizes[d] = u
 
