@@ -11,9 +11,12 @@ per Jaccard bin (a copy counts as found when it is dropped), and precision (drop
 copies). Baseline in the same run: datasketch ``MinHashLSH(threshold=0.8)`` (its own 9 x 13 banding) over the
 same texts, a copy found when it shares a bucket with its original.
 
-scale: ROWS synthetic MedMCQA-style rows (curation.devtools.synth, 2% exact and 3% near copies) ingested into a
-run store (not timed), then the dedup and decontaminate stages against a 5,000-question eval set holding 500 pool
-copies with reordered options, in a fresh process limited to 2 threads; wall time and peak RSS of that process.
+scale: ROWS synthetic rows in MedMCQA layout, 2% exact and 3% near copies, ingested into a run store (not timed),
+then the dedup (question + sorted options, Jaccard >= 0.8, cluster rule) and decontaminate (13-gram and MinHash)
+stages against a 5,000-question eval set holding 500 pool copies with rotated options, in a fresh process limited
+to 2 threads; wall time and peak RSS of that process. ``--pool zipf`` (default): questions of 40-60 words from a
+Zipf vocabulary; ``--pool synth``: curation.devtools.synth's MedMCQA rows, whose few hundred template stems make
+every stem recur thousands of times at this size (near-duplicate candidates then grow with the square of the pool).
 """
 
 from __future__ import annotations
@@ -158,9 +161,67 @@ def quality(base: int, seed: int) -> dict:
 # ------------------------------------------------------------------------------------------ scale
 
 
-def prepare(rows: int, workdir: Path) -> Path:
+def zipf_medmcqa(path: Path, rows: int, seed: int = 0) -> dict:
+    """A MedMCQA-layout pool of Zipf-vocabulary questions (40-60 words, options of 1-3 words) with 2% exact and 3%
+    near copies (question words replaced until the word 5-shingle Jaccard falls below a target in 0.5-0.97)."""
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    vocab = np.array([f"w{i}" for i in range(200_001)], dtype=object)
+    n_base = int(rows * 0.95)
+    lengths = rng.integers(40, 61, size=n_base)
+    words = np.minimum(rng.zipf(1.3, size=(n_base, 60)), 200_000)
+    opt_words = np.minimum(rng.zipf(1.3, size=(n_base, 4, 3)), 200_000)
+    opt_len = rng.integers(1, 4, size=(n_base, 4))
+    cop = rng.integers(0, 4, size=n_base)
+    copies = {"exact": 0, "near": 0}
+    with path.open("w") as f:
+        written = 0
+        base: list[dict] = []
+        for i in range(rows):
+            r = prng.random()
+            if base and r < 0.02:
+                row = dict(base[prng.randrange(len(base))], id=f"x{i}")
+                copies["exact"] += 1
+            elif base and r < 0.05:
+                src = base[prng.randrange(len(base))]
+                w = src["question"].split()
+                orig = shingle_set(w)
+                target = prng.uniform(0.5, 0.97)
+                while True:
+                    trial = list(w)
+                    trial[prng.randrange(len(trial))] = f"edit{prng.random():.8f}"
+                    t_set = shingle_set(trial)
+                    if len(orig & t_set) / len(orig | t_set) < target:
+                        break
+                    w = trial
+                row = dict(src, id=f"n{i}", question=" ".join(w))
+                copies["near"] += 1
+            else:
+                j = len(base) % n_base
+                q = " ".join(vocab[words[j, : lengths[j]]])
+                opts = [" ".join(vocab[opt_words[j, o, : opt_len[j, o]]]) + f" o{j}x{o}" for o in range(4)]
+                row = {
+                    "id": f"b{i}",
+                    "question": q,
+                    "opa": opts[0],
+                    "opb": opts[1],
+                    "opc": opts[2],
+                    "opd": opts[3],
+                    "cop": int(cop[j]),
+                    "choice_type": "single",
+                    "exp": None,
+                    "subject_name": "Medicine",
+                    "topic_name": None,
+                }
+                base.append(row)
+            f.write(json.dumps(row) + "\n")
+            written += 1
+    return {"rows": written, **copies}
+
+
+def prepare(rows: int, workdir: Path, pool_kind: str = "zipf") -> Path:
     """Synthetic pool -> a run store with `questions` (cached in workdir), plus the eval set file."""
-    run = workdir / f"run-{rows}"
+    run = workdir / f"run-{pool_kind}-{rows}"
     marker = run / "ready"
     if marker.exists():
         return run
@@ -171,9 +232,13 @@ def prepare(rows: int, workdir: Path) -> Path:
     from curation.stages.ingest import ingest_in_process
     from curation.store.runstore import RunStore
 
-    pool = workdir / f"pool-{rows}"
+    pool = workdir / f"pool-{pool_kind}-{rows}"
+    pool.mkdir(parents=True, exist_ok=True)
     if not (pool / "medmcqa.jsonl").exists():
-        generate_pool(pool, rows, format="medmcqa", seed=0, workers=2)
+        if pool_kind == "zipf":
+            zipf_medmcqa(pool / "medmcqa.jsonl", rows)
+        else:
+            generate_pool(pool, rows, format="medmcqa", seed=0, workers=2)
     tables = ingest_in_process(
         [SourceConfig(name="medmcqa", format="medmcqa", path=str(pool / "medmcqa.jsonl"))], IngestOptions()
     )
@@ -183,7 +248,7 @@ def prepare(rows: int, workdir: Path) -> Path:
     rng = random.Random(9)
     q = tables.questions
     picks = rng.sample(range(q.num_rows), 500)
-    with (workdir / "eval.jsonl").open("w") as f:
+    with (run / "eval.jsonl").open("w") as f:
         from curation.devtools.synth import medqa_row
 
         for _ in range(4500):
@@ -222,9 +287,7 @@ def scale_child(run: str, workdir: str) -> None:
         ray={"num_cpus": 2},
         dedup={"text": "question_options"},
         decontaminate={
-            "eval_sets": [
-                {"name": "eval", "format": "medqa", "path": f"{workdir}/eval.jsonl", "split": "test"}
-            ]
+            "eval_sets": [{"name": "eval", "format": "medqa", "path": f"{run}/eval.jsonl", "split": "test"}]
         },
     )
     out = {}
@@ -244,10 +307,10 @@ def scale_child(run: str, workdir: str) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def scale(rows: int, workdir: Path) -> dict:
+def scale(rows: int, workdir: Path, pool_kind: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    run = prepare(rows, workdir)
+    run = prepare(rows, workdir, pool_kind)
     print(f"prepared {rows:,} rows in {time.perf_counter() - t:.0f} s (not timed)")
     env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", POLARS_MAX_THREADS="2")
     proc = subprocess.run(
@@ -261,7 +324,7 @@ def scale(rows: int, workdir: Path) -> dict:
     if proc.returncode or not lines:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
         raise SystemExit(f"child failed: {proc.returncode}")
-    res = {"rows": rows, **json.loads(lines[0][7:])}
+    res = {"rows": rows, "pool": pool_kind, **json.loads(lines[0][7:])}
     print(
         f"{rows:,} rows: dedup {res['dedup']['s']} s, decontaminate {res['decontaminate']['s']} s, "
         f"total {res['total_s']} s, peak RSS {res['peak_rss_gib']} GiB (2 threads)"
@@ -278,6 +341,13 @@ def main() -> int:
     s = sub.add_parser("scale")
     s.add_argument("--rows", type=int, default=2_000_000)
     s.add_argument("--workdir", default="/tmp/m1-bench")
+    s.add_argument(
+        "--pool",
+        choices=["zipf", "synth"],
+        default="zipf",
+        help="zipf: varied vocabulary; synth: curation.devtools.synth MedMCQA (a few hundred template stems, so "
+        "near-duplicate candidates grow quadratically with the pool)",
+    )
     c = sub.add_parser("scale-child")
     c.add_argument("run")
     c.add_argument("workdir")
@@ -285,7 +355,7 @@ def main() -> int:
     if args.cmd == "quality":
         print(json.dumps(quality(args.base, args.seed)))
     elif args.cmd == "scale":
-        print(json.dumps(scale(args.rows, Path(args.workdir))))
+        print(json.dumps(scale(args.rows, Path(args.workdir), args.pool)))
     else:
         scale_child(args.run, args.workdir)
     return 0

@@ -129,7 +129,7 @@ def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOp
         for k in ("question", "question_options"):
             sig, counts = h.signatures(texts[k])
             valid = counts > 0 if k == "question_options" else (counts > 0) & q_valid
-            mh_state[k] = (mh.band_hashes(sig, *opts.minhash.banding()), h.shingle_sets(texts[k]), valid)
+            mh_state[k] = (mh.band_hashes(sig, *opts.minhash.banding()), texts[k], valid)
     ratio_state = {}
     if opts.ratio_threshold is not None:
         h = _hasher(opts.ratio_minhash)
@@ -169,12 +169,15 @@ def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOp
             ok = share >= opts.ngram_overlap
             if ok.any():
                 found.append((pr[ok], s, er[ok], 0, f"ngram{opts.ngram}_{kind}", share[ok]))
-        for kind, (bands, sets, valid) in mh_state.items():
+        for kind, (bands, kind_texts, valid) in mh_state.items():
             side = index.sides[kind]
             pairs = mh.cross_pairs(bands, side.mh_bands, left_valid=valid, right_valid=side.valid)
             if not len(pairs):
                 continue
-            sim = sets.jaccard(pairs[:, 0], pairs[:, 1], side.mh_sets)
+            # Shingle sets of the pool rows in candidate pairs only.
+            involved, local = np.unique(pairs[:, 0], return_inverse=True)
+            sets = _hasher(opts.minhash).shingle_sets(kind_texts.take(pa.array(involved)))
+            sim = sets.jaccard(local, pairs[:, 1], side.mh_sets)
             ok = sim >= opts.minhash_threshold
             if ok.any():
                 found.append((pairs[ok, 0], s, pairs[ok, 1], 1, f"minhash_{kind}", sim[ok]))
