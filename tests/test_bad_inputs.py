@@ -769,3 +769,79 @@ def test_real_m1_unreachable_ray_fails_in_seconds(tmp_path: Path) -> None:
     assert "cannot reach the Ray cluster at '127.0.0.1:1'" in out.stderr and "ray status" in out.stderr
     assert time.monotonic() - started < 30
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers (not a Ray head)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for c in conns:
+        c.close()
+    server.close()
+
+
+def test_real_m1_stops_on_sigterm_while_connecting(tmp_path: Path, silent_listener: str) -> None:
+    import signal
+
+    data = write_jsonl(tmp_path / "pool.jsonl", [medqa_row(1)])
+    config = source_config(tmp_path, data, extra=f"ray: {{address: '{silent_listener}'}}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "curation.cli", "curate", str(config), "--run-dir", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "run").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the run dir appears just before the stages (and ray.init) start
+        time.sleep(3)  # inside ray.init by now
+        assert proc.poll() is None, proc.communicate()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert time.monotonic() - sent < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    leftovers = (
+        [p for p in (tmp_path / "run").rglob("*") if p.is_file()] if (tmp_path / "run").exists() else []
+    )
+    assert leftovers == [], "the interrupted first run wrote nothing"
+
+
+@pytest.mark.slow
+def test_real_m1_gives_up_on_a_listener_that_is_not_ray(tmp_path: Path, silent_listener: str) -> None:
+    data = write_jsonl(tmp_path / "pool.jsonl", [medqa_row(1)])
+    config = source_config(
+        tmp_path, data, extra=f"ray: {{address: '{silent_listener}', connect_timeout_s: 2}}\n"
+    )
+    started = time.monotonic()
+    out = m1("curate", config, "--run-dir", tmp_path / "run", timeout=120, env={"RAY_ADDRESS": ""})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"cannot connect to the Ray cluster at '{silent_listener}' (no answer within 30 s)" in out.stderr
+    assert time.monotonic() - started < 90
