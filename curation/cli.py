@@ -2,7 +2,7 @@
 
 m1 curate CONFIG.yaml|demo --run-dir DIR [--stages ingest,...] [--force]
 m1 sql RUN_DIR "SELECT ..." [--format table|csv|json]
-m1 runs [ROOT]
+m1 runs [ROOT] [--format table|json]
 m1 synth OUT_DIR --rows N          (synthetic pools for benchmarks)
 m1 rehearse --port P --pool RUN    (an OpenAI-compatible rehearsal server)
 m1 tiny-model DIR                  (a tiny random-init Qwen2 model for tests and the demo)
