@@ -240,6 +240,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse reports a bad value as a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m1", description="m1-style medical reasoning data curation")
     parser.add_argument("--version", action="version", version=f"m1-curation {__version__}")
@@ -266,8 +277,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("query")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--max-rows", type=int, default=40, help="rows shown in table format")
-    p.add_argument("--max-width", type=int, default=160, help="characters per line in table format")
+    p.add_argument("--max-rows", type=positive_int, default=40, help="rows shown in table format")
+    p.add_argument("--max-width", type=positive_int, default=160, help="characters per line in table format")
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("runs", help="list runs and their table counts")

@@ -728,6 +728,15 @@ def test_ledger_import_into_a_file_and_runs_on_a_file(
 # ---------------------------------------------------------------------------------------------------- small tools
 
 
+@pytest.mark.parametrize("flag", ["--max-rows", "--max-width"])
+def test_sql_display_limits_must_be_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["sql", str(tmp_path), "SELECT 1", flag, "-1"])
+    assert info.value.code == 2 and f"{flag}: must be at least 1, got -1" in capsys.readouterr().err
+
+
 def test_synth_rows_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["synth", str(tmp_path / "out"), "--rows", "-5"])

@@ -1079,9 +1079,11 @@ def generate_pool(
 
 def add_parser(subparsers: Any) -> None:
     """``m1 synth OUT_DIR --rows N --seed S``."""
+    from curation.cli import positive_int
+
     p = subparsers.add_parser("synth", help="write a synthetic pool with known exact and near duplicates")
     p.add_argument("out_dir")
-    p.add_argument("--rows", type=_positive_int, required=True, help="rows to write (at least 1)")
+    p.add_argument("--rows", type=positive_int, required=True, help="rows to write (at least 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="medmcqa", choices=[*MIXED_SHARES, "mixed"])
     p.add_argument("--dup-exact-frac", type=float, default=0.02)
@@ -1091,17 +1093,6 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="processes generating chunks")
     p.set_defaults(func=_cmd_synth)
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (argparse turns the ValueError into a usage error, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
