@@ -67,11 +67,13 @@ def run(name: str, overrides: dict, args: argparse.Namespace) -> dict:
         srv.stop()
     print(f"\n{name}: {args.requests} requests, concurrency {args.concurrency}, {args.kills} kills")
     print(
-        f"  {'kill':>4} {'at s':>6} {'in flight':>9} {'arrived after':>13} {'unrecorded':>10} {'re-paid':>7}"
+        f"  {'kill':>4} {'at s':>6} {'in flight':>9} {'arrived after':>13} {'> 0.25 s after':>14} "
+        f"{'unrecorded':>10} {'re-paid':>7}"
     )
     for i, r in enumerate(outcome.kills, 1):
         print(
-            f"  {i:>4} {r.at_s:>6.2f} {r.in_flight:>9} {r.new_after_kill:>13} {r.unrecorded:>10} {r.repaid:>7}"
+            f"  {i:>4} {r.at_s:>6.2f} {r.in_flight:>9} {r.new_after_kill:>13} {r.late:>14} "
+            f"{r.unrecorded:>10} {r.repaid:>7}"
         )
     print(
         f"  served {outcome.served_total} answers for {args.requests} requests; "
