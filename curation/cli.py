@@ -100,7 +100,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
         if created:
             _remove_empty_dirs(args.run_dir)  # a failed first run leaves no empty run behind (files are kept)
         raise
-    catalog = write_catalog(store) if store.exists() else None
+    catalog = write_catalog(store, skip=set(store.missing_tables())) if store.exists() else None
     print("\nfunnel:")
     print(format_funnel(records))
     if catalog:

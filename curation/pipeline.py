@@ -389,7 +389,9 @@ def run_stages(
             continue
         previous = manifest.get("stages", {}).get(stage.name)
         if not force and previous and previous.get("status") == "complete":
-            log(f"[{stage.name}] its input tables were replaced since it ran; rerunning")
+            lost = [t for t in stage.outputs if not store.has_table(t)]
+            why = f"the files of {', '.join(lost)} are gone" if lost else "its input tables were replaced"
+            log(f"[{stage.name}] {why} since it ran; rerunning")
         ensure_ray(cfg)
         if dry_run and (planning or stage.sends_requests):
             planning = True

@@ -618,6 +618,22 @@ def test_deleted_table_files_leave_the_rest_queryable(
     assert code == 0 and "FILES MISSING" in out
 
 
+def test_damaged_table_files_name_the_table_and_curate_repairs_lost_ones(
+    finished_run: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, _, run = finished_run
+    entry = RunStore(str(run)).manifest["tables"]["questions"]
+    part = next((run / entry["path"]).glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:20])
+    capsys.readouterr()
+    user_error(cli(capsys, "sql", run, "SELECT 1"), "table 'questions'", "cannot be read", "--force")
+    # Files deleted by hand: the stage is no longer complete, and resuming rebuilds it (same inputs: no --force).
+    shutil.rmtree(run / entry["path"])
+    code, out, err = cli(capsys, "curate", config, "--run-dir", run)
+    assert code == 0 and "[ingest] the files of questions are gone since it ran; rerunning" in out, err
+    assert accounted(run) == (4, 0)
+
+
 def test_runs_lists_the_good_runs_and_flags_a_corrupt_one(
     finished_run: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 
 import schemas
+from curation.errors import RunDirError
 from curation.store.runstore import RunStore
 
 CATALOG_FILE = "catalog.duckdb"
@@ -87,7 +88,13 @@ def create_views(
     for table, entry in sorted(tables.items()):
         glob = store.location(entry["path"]) + "/*.parquet"
         view = view_name(table)
-        con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote(glob)})')
+        try:
+            con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote(glob)})')
+        except duckdb.Error as exc:
+            raise RunDirError(
+                f"run {store.uri!r}: table {table!r} ({entry['path']}) cannot be read ({exc}); its files were "
+                "damaged or removed by hand: rerun the stage that writes it with m1 curate --force"
+            ) from None
         names.append(view)
         if table.startswith("rejects/"):
             rejects.append(view)

@@ -174,20 +174,17 @@ class RunStore:
         return dict(self.manifest.get("tables", {}))
 
     def has_table(self, name: str) -> bool:
+        """Whether ``name`` is committed and its files are there (an empty table still has one file)."""
         entry = self.manifest.get("tables", {}).get(name)
-        return (
-            entry is not None
-            and self.fs.get_file_info(self.path(entry["path"])).type == pafs.FileType.Directory
-        )
+        return entry is not None and self._has_parquet(entry["path"])
+
+    def _has_parquet(self, rel: str) -> bool:
+        selector = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        return any(i.path.endswith(".parquet") for i in self.fs.get_file_info(selector))
 
     def missing_tables(self) -> dict[str, str]:
         """Committed tables whose Parquet files are gone (deleted by hand): name -> version path."""
-        missing = {}
-        for name, entry in self.tables().items():
-            selector = pafs.FileSelector(self.path(entry["path"]), allow_not_found=True)
-            if not any(i.path.endswith(".parquet") for i in self.fs.get_file_info(selector)):
-                missing[name] = entry["path"]
-        return missing
+        return {name: e["path"] for name, e in self.tables().items() if not self._has_parquet(e["path"])}
 
     def new_table_dir(self, name: str) -> str:
         """A fresh, empty version directory for ``name`` (relative path); writers fill it, commit switches to it."""
