@@ -41,6 +41,7 @@ PLUGIN_MODULES = {
     "ledger-import": "curation.engines.importer",
     "export": "curation.store.export",
     "mesh": "curation.mesh.cli",
+    "sft": "sft.cli",
     "eval": "evaluation.sweep",
     "report": "evaluation.report",
 }

@@ -15,6 +15,7 @@ from schemas.llm import REQUESTS, RESPONSES
 from schemas.llm_stages import CURATED, DIFFICULTY, SCORES, TRACES
 from schemas.mesh import LABELS, MESH_DESCRIPTORS, MESH_ENTRY_TERMS, MESH_QUALIFIERS
 from schemas.questions import QUESTIONS, REJECTS
+from schemas.sft import SFT_METRICS
 
 REGISTRY: dict[str, TableSchema] = {
     t.name: t
@@ -39,6 +40,7 @@ REGISTRY: dict[str, TableSchema] = {
         M1K,
         EVAL_RESPONSES,
         EVAL_SCORES,
+        SFT_METRICS,
     )
 }
 

