@@ -744,6 +744,22 @@ def test_ledger_import_into_a_file_and_runs_on_a_file(
 # ---------------------------------------------------------------------------------------------------- small tools
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["export", "{tmp}/nope", "--out", "{tmp}/o.parquet"], ["run directory", "nope", "does not exist"]),
+        (["rehearse", "--port", "1", "--pool", "{tmp}/nope"], ["nope: no such file or folder"]),
+        (["rehearse", "--port", "1", "--config", "{tmp}/dup.yaml"], ["dup.yaml"]),
+    ],
+    ids=["export-missing-run", "rehearse-missing-pool", "rehearse-bad-config"],
+)
+def test_other_commands_name_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needles: list[str]
+) -> None:
+    (tmp_path / "dup.yaml").write_text("faults: [\n")
+    user_error(cli(capsys, *[a.format(tmp=tmp_path) for a in args]), *needles)
+
+
 @pytest.mark.parametrize("flag", ["--max-rows", "--max-width"])
 def test_sql_display_limits_must_be_positive(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
