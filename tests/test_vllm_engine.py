@@ -250,7 +250,7 @@ def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
         make_request(f"m{i}", "tiny", prompt=f"Patient {i} has", temperature=0, max_tokens=4)
         for i in range(6)
     ]
-    requests.append({**requests[0], "key": "m0-again"})  # same id, same batch: generated once
+    requests.insert(1, {**requests[0], "key": "m0-again"})  # same id, same batch: generated once
     requests += [
         make_request(f"s|{a}", "tiny", prompt="A salted prompt", temperature=0.9, max_tokens=4, _attempt=a)
         for a in range(3)
