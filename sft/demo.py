@@ -79,29 +79,22 @@ def synthetic_curated(n: int, *, seed: int = 0, reasoning_sentences: tuple[int, 
 
 
 def write_demo_config(run_dir: str | Path, model_dir: str | Path, *, steps: int, table: str) -> Path:
-    """The demo's SFT config as a file in the run (so `m1 sft RUN/sft-demo.yaml --resume` repeats it)."""
+    """The embedded demo SFT config (curation/configs/sft_demo.yaml) with this run's paths, written into the
+    run, so `m1 sft RUN/sft-demo.yaml --resume` repeats it."""
+    from importlib.resources import files
+
     import yaml
 
+    template = Path(str(files("curation").joinpath("configs/sft_demo.yaml")))
+    raw = yaml.safe_load(template.read_text(encoding="utf-8"))
     run = Path(run_dir).resolve()
-    raw = {
-        "name": "demo-tiny",
-        "run_dir": str(run),
-        "data": {"table": table},
-        "model": {"path": str(Path(model_dir).resolve())},
-        "train": {
-            "lr": 1e-3,  # the tiny random model needs a large step to show a falling loss in a few steps
-            "max_steps": steps,
-            "global_batch_size": 4,
-            "per_device_batch_size": 2,
-            "max_length": 4096,
-            "warmup_ratio": 0.05,
-            "save_every_epochs": 0,
-        },
-        "resources": {"num_workers": 2, "cpus_per_worker": 0.5},
-    }
+    raw["run_dir"] = str(run)
+    raw["model"]["path"] = str(Path(model_dir).resolve())
+    raw["data"]["table"] = table
+    raw["train"]["max_steps"] = steps
     out = run / "sft-demo.yaml"
     out.write_text(
-        "# Written by the demo: the tiny model, a few steps on the run's curated table, 2 CPU workers.\n"
+        f"# Written by the demo from {template.name}: this run's paths.\n"
         + yaml.safe_dump(raw, sort_keys=False),
         encoding="utf-8",
     )

@@ -230,3 +230,11 @@ def test_m1_preset_matches_the_recipe() -> None:
         cfg.resources.use_gpu and cfg.resources.num_workers * t.per_device_batch_size * cfg.grad_accum == 16
     )
     assert cfg.data.columns.answer == "distilled_answer_string"
+
+
+def test_demo_preset_validates(tmp_path: Path) -> None:
+    from sft.demo import write_demo_config
+
+    cfg = load_sft_config(write_demo_config(tmp_path, tmp_path / "model", steps=3, table="m23k"))
+    assert (cfg.data.table, cfg.train.max_steps, cfg.resources.num_workers) == ("m23k", 3, 2)
+    assert cfg.run_dir == str(tmp_path.resolve()) and not cfg.resources.use_gpu
