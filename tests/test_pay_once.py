@@ -249,6 +249,7 @@ def faulty_server(latency_ms: float = 150, fault_share: float = 0.3) -> Rehearsa
             latency_ms=latency_ms,
             latency_jitter_ms=latency_ms / 2,
             reasoning_tokens_mean=30,
+            reasoning_tokens_max=300,  # below max_tokens: no answer ends as "length", which /stats does not count
             faults=faults,
             retry_after_s=0.05,
         )
