@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +43,7 @@ BASELINE = {"write_ahead": False, "stop_with_driver": False, "flush_every_s": 2.
 def run(name: str, overrides: dict, args: argparse.Namespace) -> dict:
     srv = harness.faulty_server(latency_ms=args.latency_ms, fault_share=args.faults)
     url = srv.start()
+    tmp = Path(tempfile.mkdtemp(prefix=f"m1-bench-kill-{name}-"))
     try:
         cfg = {
             "base_url": url,
@@ -53,7 +55,6 @@ def run(name: str, overrides: dict, args: argparse.Namespace) -> dict:
             "backoff_max_s": 0.2,
             **overrides,
         }
-        tmp = Path(tempfile.mkdtemp(prefix=f"m1-bench-kill-{name}-"))
         outcome = harness.run_with_kills(
             tmp,
             srv,
@@ -65,6 +66,7 @@ def run(name: str, overrides: dict, args: argparse.Namespace) -> dict:
         )
     finally:
         srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{name}: {args.requests} requests, concurrency {args.concurrency}, {args.kills} kills")
     print(
         f"  {'kill':>4} {'at s':>6} {'in flight':>9} {'arrived after':>13} {'> 0.25 s after':>14} "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,11 +80,11 @@ def main() -> None:
     for n in args.sizes:
         # A fresh server per size, in its own process: its memory is not the driver's.
         proc, url = spawn_rehearsal_server(RehearsalConfig(latency_ms=0, reasoning_tokens_mean=50))
+        ray_tmp = tempfile.mkdtemp(prefix="m1s-", dir="/tmp")  # short: Ray's socket paths have a length limit
         try:
             with tempfile.TemporaryDirectory(prefix="m1-bench-stream-") as tmp:
                 script = Path(tmp) / "driver.py"
                 script.write_text(textwrap.dedent(DRIVER.format(root=str(ROOT))))
-                ray_tmp = tempfile.mkdtemp(prefix="m1s-", dir="/tmp")
                 started = time.perf_counter()
                 done = subprocess.run(
                     [sys.executable, str(script), str(n), url, f"{tmp}/ledger", f"{tmp}/out", ray_tmp],
@@ -98,6 +99,7 @@ def main() -> None:
                     result["server_requests"] = json.load(resp)["requests_total"]
         finally:
             stop_rehearsal_server(proc)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
         results.append(result)
         first, rerun = result["first"], result["rerun"]
         print(

@@ -283,7 +283,9 @@ def test_five_kills_then_a_rerun_never_pay_twice_beyond_what_was_in_flight(tmp_p
         # most one concurrency's worth; before the fix it was hundreds.
         assert record.new_after_kill <= cfg["max_concurrency"], record
         # Answers are durable within milliseconds: what is paid again is at most what was on the wire.
-        assert record.repaid <= record.in_flight + record.new_after_kill <= cfg["max_concurrency"], record
+        # (The server's snapshot precedes the kill by a few ms, so in flight + arrived after may exceed the
+        # concurrency: requests sent in between were sent while the driver was still alive.)
+        assert record.repaid <= min(record.in_flight + record.new_after_kill, cfg["max_concurrency"]), record
         assert record.repaid <= record.unrecorded
     assert outcome.repaid_total == sum(r.repaid for r in outcome.kills)
     assert outcome.served_total == n + outcome.extra_answers
