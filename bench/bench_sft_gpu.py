@@ -152,7 +152,8 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run_sft(cfg, force=True)
     wall = time.perf_counter() - t0
-    rows = [r for r in store.read_table("sft_metrics").to_pylist() if r["sft_run"] == "bench-gpu"]
+    metrics = RunStore(str(run), create=False).read_table("sft_metrics")  # a fresh manifest read
+    rows = [r for r in metrics.to_pylist() if r["sft_run"] == "bench-gpu"]
     rows = sorted(rows, key=lambda r: r["step"])[args.warmup :]
     tokens = sum(r["tokens"] for r in rows)
     seconds = sum(r["step_s"] for r in rows)

@@ -71,7 +71,13 @@ def baseline(model_dir: Path, table, steps: int) -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         tokens.append(stats.tokens)
-    return {"tokens": sum(tokens[WARMUP:]), "seconds": sum(times[WARMUP:]), "last_loss": float(loss)}
+    return {
+        "tokens": sum(tokens[WARMUP:]),
+        "seconds": sum(times[WARMUP:]),
+        "median_step_s": statistics.median(times[WARMUP:]),
+        "median_tokens_per_step": statistics.median(tokens[WARMUP:]),
+        "last_loss": float(loss),
+    }
 
 
 def ray_train(model_dir: Path, run: Path, steps: int) -> dict:
@@ -119,6 +125,8 @@ def ray_train(model_dir: Path, run: Path, steps: int) -> dict:
         "seconds": sum(r["step_s"] for r in rows),
         "wall_s_with_startup": wall,
         "median_step_s": statistics.median(r["step_s"] for r in rows),
+        "median_tokens_per_step": statistics.median(r["tokens"] for r in rows),
+        "max_step_s": max(r["step_s"] for r in rows),
         "last_loss": rows[-1]["loss"],
         "steps": result.steps,
     }
@@ -127,7 +135,9 @@ def ray_train(model_dir: Path, run: Path, steps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--rows", type=int, default=64)
+    # 256 rows = 64 steps per epoch: the timed steps lie in the first epoch. Each new epoch restarts the Ray
+    # Data stream (read + tokenize), a few seconds here that a real epoch (m23K: ~1,470 steps) amortizes.
+    ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     from curation.devtools.tiny_model import build_tiny_model
@@ -152,8 +162,22 @@ def main() -> None:
     print(
         f"{'ray train':10} {r_tps:>10,.0f} {args.steps - WARMUP:>11}   (wall with start-up {ray_['wall_s_with_startup']:.0f} s)"
     )
-    print(f"ratio ray/baseline: {r_tps / b_tps:.2f} (goal >= 0.9)")
-    print(json.dumps({"bench": "sft_throughput", "baseline": base, "ray": ray_, "ratio": r_tps / b_tps}))
+    b_med = base["median_tokens_per_step"] / base["median_step_s"]
+    r_med = ray_["median_tokens_per_step"] / ray_["median_step_s"]
+    print(
+        f"ratio ray/baseline: {r_tps / b_tps:.2f} over all timed steps, {r_med / b_med:.2f} on median steps (goal >= 0.9)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "sft_throughput",
+                "baseline": base,
+                "ray": ray_,
+                "ratio": r_tps / b_tps,
+                "ratio_median": r_med / b_med,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
