@@ -27,10 +27,19 @@ START_NODE = REPO / "cluster" / "start-node.sh"
 BARE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free right now and not handed out before by this process (the OS may offer a just-released
+    port again, and two Ray components on one port fail the node's start)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _node_ports() -> list[str]:
