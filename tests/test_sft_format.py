@@ -238,3 +238,23 @@ def test_demo_preset_validates(tmp_path: Path) -> None:
     cfg = load_sft_config(write_demo_config(tmp_path, tmp_path / "model", steps=3, table="m23k"))
     assert (cfg.data.table, cfg.train.max_steps, cfg.resources.num_workers) == ("m23k", 3, 2)
     assert cfg.run_dir == str(tmp_path.resolve()) and not cfg.resources.use_gpu
+
+
+def test_parquet_source_missing_column_names_file_and_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sft.data import DataError, source_dataset
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"prompt": ["q"], "reasoning": ["r"]}), path)
+    cfg = SFTConfig.model_validate(
+        {"name": "t", "run_dir": str(tmp_path), "data": {"path": str(path)}, "model": {"path": "m"}}
+    )
+    with pytest.raises(DataError, match=r"train\.parquet: missing column\(s\) \['distilled_answer_string'\]"):
+        source_dataset(cfg)
+    cfg = SFTConfig.model_validate(
+        {"name": "t", "run_dir": str(tmp_path / "nope"), "data": {"table": "m23k"}, "model": {"path": "m"}}
+    )
+    with pytest.raises(DataError, match="does not exist"):
+        source_dataset(cfg)
