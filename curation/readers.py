@@ -80,9 +80,13 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# One decoder for every call: json.loads(text, object_pairs_hook=...) would build a new one per row.
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+
+
 def loads_strict(text: str) -> Any:
     """``json.loads`` that refuses a repeated key in any object (raises DuplicateKeyError)."""
-    return json.loads(text, object_pairs_hook=_unique_pairs)
+    return _STRICT_DECODER.decode(text)
 
 
 _JSON_TOKEN = re.compile(r'["{}\[\]]')
