@@ -287,7 +287,8 @@ def test_five_kills_then_a_rerun_never_pay_twice_beyond_what_was_in_flight(tmp_p
         # concurrency: requests sent in between were sent while the driver was still alive.)
         assert record.repaid <= min(record.in_flight + record.new_after_kill, cfg["max_concurrency"]), record
         assert record.repaid <= record.unrecorded
-    assert outcome.repaid_total == sum(r.repaid for r in outcome.kills)
+    # Every answer beyond the first is one a kill lost (a request can be lost by two kills in a row).
+    assert outcome.extra_answers == sum(r.repaid for r in outcome.kills)
     assert outcome.served_total == n + outcome.extra_answers
 
 
