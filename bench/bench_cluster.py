@@ -124,6 +124,13 @@ def run_job(cluster: LocalCluster, config: Path, run_dir: Path) -> dict[str, Any
     return {"command_s": time.perf_counter() - t0, **ingest_record(run_dir)}
 
 
+def report(mode: str, r: dict[str, Any]) -> None:
+    print(
+        f"{mode}: stage {r['wall_s']:.2f} s, command {r['command_s']:.2f} s, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=196_157, help="pool rows (m1's pool: 196,157)")
@@ -140,12 +147,15 @@ def main() -> int:
 
     for i in range(args.repeats):
         results["local"].append(run_local(config, runs / f"local-{i}"))
+        report("local", results["local"][-1])
     with LocalCluster(workers=0, cpus=2) as one:
         for i in range(args.repeats):
             results["1 node"].append(run_job(one, config, runs / f"one-{i}"))
+            report("1 node", results["1 node"][-1])
     with LocalCluster(workers=1, cpus=1) as two:
         for i in range(args.repeats):
             results["2 nodes"].append(run_job(two, config, runs / f"two-{i}"))
+            report("2 nodes", results["2 nodes"][-1])
 
     # Every way gives the same counts (the ingest is deterministic).
     counts = {(r["rows_in"], r["rows_out"], r["rows_rejected"]) for rs in results.values() for r in rs}
