@@ -144,7 +144,7 @@ def test_stage_on_demo_pool_removes_the_planted_copies(tmp_path: Path) -> None:
     q = ingest_in_process(sources, IngestOptions(m1_shuffle=True)).questions
     store = RunStore(str(tmp_path / "run"))
     store.commit([store.write_table("questions", q)])
-    cfg = _demo_cfg(ratio_threshold=95)
+    cfg = _demo_cfg(ratio_threshold=95, batch_rows=4)  # small batches: boundaries are exercised
     for stage in (DedupStage(), DecontaminateStage()):
         result = stage.run(StageContext(store=store, config=cfg, input_hash="h"))
         result.check_accounting(stage.name)

@@ -86,14 +86,16 @@ class M23kStage(Stage):
                     "metadata": curated.column("metadata"),
                 }
             )
-            m = find_matches(batch, indexes, opts)
-            if len(m.row):
-                pool_index = curated.column("pool_index").to_numpy(zero_copy_only=False)
-                cont.append(contamination_rows(batch, pool_index, m))
-                rej.append(reject_table(STAGE, batch, m, "qid", "metadata"))
-                survivors[m.row] = False
-                for name in m.eval_set:
-                    per_set[name] = per_set.get(name, 0) + 1
+            pool_index = curated.column("pool_index").to_numpy(zero_copy_only=False)
+            for lo in range(0, batch.num_rows, opts.batch_rows):  # in batches, as the pool pass
+                part = batch.slice(lo, opts.batch_rows)
+                m = find_matches(part, indexes, opts)
+                if len(m.row):
+                    cont.append(contamination_rows(part, pool_index[lo : lo + part.num_rows], m))
+                    rej.append(reject_table(STAGE, part, m, "qid", "metadata"))
+                    survivors[lo + m.row] = False
+                    for name in m.eval_set:
+                        per_set[name] = per_set.get(name, 0) + 1
             for s in opts.eval_sets:
                 print(f"[{STAGE}] second pass, {s.name}: {per_set.get(s.name, 0):,} curated rows removed")
         m23k = curated.filter(pa.array(survivors)).select(schemas.get("m23k").schema.names)
