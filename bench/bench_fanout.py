@@ -125,6 +125,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="requests sent = bound * seconds")
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--transports", default="openai-sdk,aiohttp")
+    parser.add_argument(
+        "--write-ahead",
+        default="on",
+        help="on, off or on,off: the per-answer write-ahead log (off: the baseline)",
+    )
     args = parser.parse_args()
 
     import pyarrow as pa
@@ -145,16 +150,26 @@ def main() -> int:
         run_requests(
             requests_table(make_requests(64, "warm")), warm, ledger_uri=tempfile.mkdtemp(), progress=False
         )
-        cases = [(int(c), t) for c in args.concurrency.split(",") for t in args.transports.split(",")]
+        cases = [
+            (int(c), t, w == "on")
+            for c in args.concurrency.split(",")
+            for t in args.transports.split(",")
+            for w in args.write_ahead.split(",")
+        ]
         baselines: dict[int, tuple[float, float]] = {}
-        for c, transport in cases:
+        for c, transport, write_ahead in cases:
             rpm = None if c <= 64 else args.rpm
             bound = min(c / latency_s, rpm / 60.0 if rpm else float("inf"))
             binds = "C/L" if rpm is None or c / latency_s <= rpm / 60.0 else "rpm"
             n = int(bound * args.seconds)
-            reqs = make_requests(n, f"c{c}-{transport}")
+            reqs = make_requests(n, f"c{c}-{transport}-{write_ahead}")
             cfg = OpenAIEngineConfig(
-                base_url=url, max_concurrency=c, rpm=rpm, actors=args.actors, transport=transport
+                base_url=url,
+                max_concurrency=c,
+                rpm=rpm,
+                actors=args.actors,
+                transport=transport,
+                write_ahead=write_ahead,
             )
             ledger = tempfile.mkdtemp(prefix="m1bench-ledger-")
             exclude = {proc.pid}
@@ -179,6 +194,7 @@ def main() -> int:
             row = {
                 "concurrency": c,
                 "transport": transport,
+                "write_ahead": write_ahead,
                 "rpm": rpm,
                 "bound_rps": round(bound, 1),
                 "binds": binds,
@@ -204,6 +220,7 @@ def main() -> int:
     cols = [
         ("C", "concurrency"),
         ("transport", "transport"),
+        ("write-ahead", "write_ahead"),
         ("rpm", "rpm"),
         ("bound/s", "bound_rps"),
         ("binds", "binds"),
