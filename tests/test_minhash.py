@@ -128,3 +128,15 @@ def test_exact_keys_normalise_only_when_asked() -> None:
     assert (keys[0] == keys[1]).all() and (keys[1] == keys[2]).all()
     raw = mh.text_keys(["Chest  pain", "chest pain"], normalize=False)
     assert not (raw[0] == raw[1]).all()
+
+
+def test_cross_pairs_equal_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    left = rng.integers(0, 40, size=(300, 3)).astype(np.uint64)  # few values: many repeats on both sides
+    right = rng.integers(0, 40, size=(70, 3)).astype(np.uint64)
+    lv, rv = rng.random(300) < 0.9, rng.random(70) < 0.9
+    got = mh.cross_pairs(left, right, left_valid=lv, right_valid=rv)
+    want = sorted(
+        (i, j) for i in range(300) for j in range(70) if lv[i] and rv[j] and (left[i] == right[j]).any()
+    )
+    assert [tuple(p) for p in got.tolist()] == want

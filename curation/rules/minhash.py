@@ -307,6 +307,41 @@ def _bucket_pairs(sorted_hashes, order, max_bucket, out_left, out_right, fill): 
     return total, capped
 
 
+@numba.njit(nogil=True, cache=True)
+def _hash_join(left, right, out_left, out_right, fill):  # noqa: ANN001, ANN202
+    """All (i, j) with left[i] == right[j] (uint64 hashes), by an open-addressing table over ``right``; counts
+    only when ``fill`` is False."""
+    m = len(right)
+    size = 2
+    while size < 2 * m:
+        size *= 2
+    mask = size - 1
+    slots = np.full(size, -1, dtype=np.int64)  # first right index with the slot's key
+    keys = np.zeros(size, dtype=np.uint64)
+    chain = np.full(max(m, 1), -1, dtype=np.int64)  # next right index with the same key
+    for j in range(m):
+        s = np.int64(_mix64(right[j]) & np.uint64(mask))
+        while slots[s] != -1 and keys[s] != right[j]:
+            s = (s + 1) & mask
+        if slots[s] != -1:
+            chain[j] = slots[s]
+        keys[s] = right[j]
+        slots[s] = j
+    total = 0
+    for i in range(len(left)):
+        s = np.int64(_mix64(left[i]) & np.uint64(mask))
+        while slots[s] != -1 and keys[s] != left[i]:
+            s = (s + 1) & mask
+        j = slots[s]
+        while j != -1:
+            if fill:
+                out_left[total] = i
+                out_right[total] = j
+            total += 1
+            j = chain[j]
+    return total
+
+
 # ------------------------------------------------------------------------------------------ API
 
 
@@ -465,28 +500,22 @@ def cross_pairs(
     left_bands: np.ndarray, right_bands: np.ndarray, *, left_valid: np.ndarray, right_valid: np.ndarray
 ) -> np.ndarray:
     """Unique (left row, right row) pairs, int64 [m, 2], sharing a band hash between two collections."""
-    nl, nr = left_bands.shape[0], right_bands.shape[0]
+    nr = right_bands.shape[0]
     li = np.flatnonzero(left_valid).astype(np.int64)
     ri = np.flatnonzero(right_valid).astype(np.int64)
     keys: list[np.ndarray] = []
     for band in range(left_bands.shape[1]):
-        hl, hr = left_bands[li, band], right_bands[ri, band]
-        order = np.argsort(hr, kind="stable")
-        shr = hr[order]
-        lo = np.searchsorted(shr, hl, side="left")
-        hi = np.searchsorted(shr, hl, side="right")
-        lens = hi - lo
-        hit = np.flatnonzero(lens)
-        if not len(hit):
+        hl = np.ascontiguousarray(left_bands[li, band])
+        hr = np.ascontiguousarray(right_bands[ri, band])
+        none = np.empty(0, np.int64)
+        total = _hash_join(hl, hr, none, none, False)
+        if not total:
             continue
-        reps = lens[hit]
-        lefts = np.repeat(li[hit], reps)
-        starts = np.repeat(lo[hit], reps)
-        within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-        rights = ri[order[starts + within]]
-        keys.append(lefts * nr + rights)
+        lefts = np.empty(total, np.int64)
+        rights = np.empty(total, np.int64)
+        _hash_join(hl, hr, lefts, rights, True)
+        keys.append(li[lefts] * nr + ri[rights])
     merged = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
-    del nl
     return np.stack([merged // max(nr, 1), merged % max(nr, 1)], axis=1)
 
 

@@ -24,6 +24,7 @@ from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.readers import fingerprint
 from curation.rules import minhash as mh
 from curation.rules.decontam import EvalIndex, Matches, build_index, find_matches
+from curation.stages.dedup import scan
 
 STAGE = "decontaminate"
 REASON = "contaminated"
@@ -144,7 +145,7 @@ class DecontaminateStage(Stage):
 
         def candidates() -> Iterator[pa.Table]:
             offset = 0
-            for batch in store.dataset("questions").to_batches(batch_size=opts.batch_rows):
+            for batch in scan(store.dataset("questions"), None, opts.batch_rows):
                 table = pa.Table.from_batches([batch])
                 index = np.arange(offset, offset + table.num_rows, dtype=np.int64)
                 offset += table.num_rows

@@ -57,6 +57,12 @@ def comparison_texts(batch: pa.Table | pa.RecordBatch, which: str) -> pa.Array:
     return out.to_arrow().cast(pa.string())
 
 
+def scan(dataset: Any, columns: list[str] | None, batch_rows: int) -> Any:
+    """Batches of ``dataset`` in order, reading ahead one batch only: Arrow's default read-ahead (16 batches,
+    4 files) keeps many batches of a large pool in memory at once, for no gain in a pass that waits on compute."""
+    return dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
+
+
 def hasher_for(opts: MinHashOptions) -> mh.MinHasher:
     return mh.MinHasher(opts.shingle, opts.k, opts.num_perm, opts.seed)
 
@@ -131,8 +137,8 @@ class DedupStage(Stage):
 
         def rejects() -> Any:
             offset = 0
-            for batch in store.dataset("questions").to_batches(
-                columns=["source", "source_id", "metadata"], batch_size=opts.batch_rows
+            for batch in scan(
+                store.dataset("questions"), ["source", "source_id", "metadata"], opts.batch_rows
             ):
                 lo, hi = offset, offset + batch.num_rows
                 offset = hi
@@ -197,7 +203,7 @@ def dedup_decisions(dataset: Any, opts: DedupOptions, *, log: Any = None) -> tup
         )
     columns = ["question", "options"] if opts.text == "question_options" else [opts.text]
     keys, band_parts, counts = [], [], []
-    for batch in dataset.to_batches(columns=columns, batch_size=opts.batch_rows):
+    for batch in scan(dataset, columns, opts.batch_rows):
         texts = comparison_texts(batch, opts.text)
         if opts.exact:
             keys.append(mh.text_keys(texts, normalize=opts.exact_normalize))
@@ -266,7 +272,7 @@ def _take_texts(dataset: Any, columns: list[str], which: str, rows: np.ndarray, 
     """The comparison texts of ``rows`` (sorted positions), streamed."""
     parts: list[pa.Array] = []
     offset = 0
-    for batch in dataset.to_batches(columns=columns, batch_size=batch_rows):
+    for batch in scan(dataset, columns, batch_rows):
         lo, hi = offset, offset + batch.num_rows
         offset = hi
         a, b = np.searchsorted(rows, [lo, hi])
