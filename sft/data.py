@@ -96,12 +96,9 @@ def _tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def _examples(batch: pa.Table, cfg: SFTConfig) -> tuple[list[Example], int]:
-    """Tokenized examples of a batch, and how many were dropped for exceeding max_length."""
-    tok = _tokenizer(cfg.model.path)
+def _triples(batch: pa.Table, cfg: SFTConfig) -> Any:
+    """(prompt, reasoning, answer) of every row of a batch; an empty part is an error quoting the prompt."""
     c = cfg.data.columns
-    out: list[Example] = []
-    too_long = 0
     for p, r, a in zip(
         batch.column(c.prompt).to_pylist(),
         batch.column(c.reasoning).to_pylist(),
@@ -110,8 +107,18 @@ def _examples(batch: pa.Table, cfg: SFTConfig) -> tuple[list[Example], int]:
     ):
         if not p or r is None or a is None:
             raise FormatError(
-                f"an example has an empty prompt, reasoning or answer (prompt starts {str(p)[:60]!r})"
+                f"an example has an empty prompt, reasoning or answer (columns {c.prompt}, {c.reasoning}, "
+                f"{c.answer}; prompt starts {str(p)[:60]!r})"
             )
+        yield p, r, a
+
+
+def _examples(batch: pa.Table, cfg: SFTConfig) -> tuple[list[Example], int]:
+    """Tokenized examples of a batch, and how many were dropped for exceeding max_length."""
+    tok = _tokenizer(cfg.model.path)
+    out: list[Example] = []
+    too_long = 0
+    for p, r, a in _triples(batch, cfg):
         ex = tokenize_example(tok, p, r, a, cfg.data.system_prompt)
         if len(ex.input_ids) > cfg.train.max_length:
             too_long += 1
@@ -121,19 +128,22 @@ def _examples(batch: pa.Table, cfg: SFTConfig) -> tuple[list[Example], int]:
 
 
 def lengths_batch(batch: pa.Table, cfg: SFTConfig) -> pa.Table:
-    """Token length of every example (-1 for one over max_length): the only data the driver collects."""
+    """Token length of every example (-1 for one over max_length): the only data the driver collects.
+
+    A bad example becomes an ``error`` value rather than an exception: Ray Data would wrap the exception in
+    its own types and the user would see a traceback instead of the message."""
     tok = _tokenizer(cfg.model.path)
-    c = cfg.data.columns
-    lengths = []
-    for p, r, a in zip(
-        batch.column(c.prompt).to_pylist(),
-        batch.column(c.reasoning).to_pylist(),
-        batch.column(c.answer).to_pylist(),
-        strict=True,
-    ):
-        n = len(tokenize_example(tok, p, r, a, cfg.data.system_prompt).input_ids)
-        lengths.append(n if n <= cfg.train.max_length else -1)
-    return pa.table({"length": pa.array(lengths, pa.int32())})
+    lengths: list[int] = []
+    error: list[str | None] = []
+    try:
+        for p, r, a in _triples(batch, cfg):
+            n = len(tokenize_example(tok, p, r, a, cfg.data.system_prompt).input_ids)
+            lengths.append(n if n <= cfg.train.max_length else -1)
+            error.append(None)
+    except FormatError as exc:
+        lengths.append(-2)
+        error.append(str(exc))
+    return pa.table({"length": pa.array(lengths, pa.int32()), "error": pa.array(error, pa.string())})
 
 
 def rows_batch(batch: pa.Table, cfg: SFTConfig) -> pa.Table:
@@ -225,5 +235,8 @@ def collect_lengths(cfg: SFTConfig) -> list[int]:
     )
     out: list[int] = []
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        errors = [e for e in batch.column("error").to_pylist() if e]
+        if errors:
+            raise FormatError(errors[0])
         out += batch.column("length").to_pylist()
     return out

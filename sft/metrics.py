@@ -76,7 +76,7 @@ def plot_loss(store: RunStore, sft_run: str, out: Path) -> Path | None:
     lr = ax.twinx()
     lr.plot(steps, table.column("learning_rate").to_pylist(), color="tab:orange", alpha=0.6, label="lr")
     lr.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    fig.legend(loc="upper right", bbox_to_anchor=(0.86, 0.88))
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)

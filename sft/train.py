@@ -395,6 +395,21 @@ def _mark_complete(train_dir: Path, step: int) -> None:
             return
 
 
+def _user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError inside an exception chain (Ray wraps task errors in its own types), if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
 def list_checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
     """(step, HF checkpoint dir) of every complete checkpoint in the run's storage, by step."""
     out = []
@@ -436,7 +451,13 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> SFT
         shutil.rmtree(train_dir)
 
     ensure_ray(cfg)
-    plan = make_plan(cfg, collect_lengths(cfg))
+    try:
+        plan = make_plan(cfg, collect_lengths(cfg))
+    except Exception as exc:  # a bad example fails inside a Ray Data task: show the user's error, not Ray's
+        user = _user_error_in(exc)
+        if user is None:
+            raise
+        raise SFTError(f"SFT run {cfg.name!r}: {user}") from None
     print(f"[sft] {cfg.name}: {plan.describe()}", flush=True)
     res = cfg.resources
     resources = {"CPU": res.cpus_per_worker}

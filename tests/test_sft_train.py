@@ -224,3 +224,31 @@ def test_fsdp_full_shard_on_cpu_writes_a_loadable_checkpoint(
     assert model.config.num_hidden_layers == 2
     losses = [r["loss"] for r in _metrics(curated_run, "fsdp")]
     assert len(losses) == 3 and all(loss == loss and loss < 20 for loss in losses)
+
+
+def test_bad_example_in_parquet_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation.cli import main
+
+    data = tmp_path / "train.parquet"
+    pq.write_table(
+        pa.table({"prompt": ["Q1?\nA. x", "Q2?\nA. y"], "reasoning": ["r", "r"], "answer": ["x", None]}), data
+    )
+    config = tmp_path / "sft.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bad",
+                "run_dir": str(tmp_path / "run"),
+                "data": {"path": str(data), "columns": {"answer": "answer"}},
+                "model": {"path": str(tiny_model_dir)},
+                "train": {"max_steps": 1, "global_batch_size": 2},
+                "resources": {"num_workers": 2, "cpus_per_worker": 0.5},
+            }
+        )
+    )
+    assert main(["sft", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "empty prompt, reasoning or answer" in err and "Q2?" in err and "Traceback" not in err
