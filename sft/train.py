@@ -28,6 +28,7 @@ import signal
 import tempfile
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -324,8 +325,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if stored[-1][0] > registered:
             checkpoint = ray.train.Checkpoint(str(stored[-1][1].parent))
     skip = 0
-    output_dir = os.path.join(tempfile.gettempdir(), f"m1-sft-{config['run_id']}-{attempt}")
-    with checkpoint.as_directory() if checkpoint is not None else _null() as ckpt_dir:
+    # One local folder per attempt, the same for every rank of a node, so rank 0's checkpoint also holds
+    # the other local ranks' RNG states (the barrier in ReportCheckpoint waits for their writes).
+    start = _step_of(Path(checkpoint.path) / HF_CHECKPOINT) if checkpoint is not None else 0
+    output_dir = os.path.join(tempfile.gettempdir(), f"m1-sft-{config['run_id']}-from-{start}")
+    with checkpoint.as_directory() if checkpoint is not None else nullcontext() as ckpt_dir:
         if ckpt_dir is not None:
             resume_dir = os.path.join(ckpt_dir, HF_CHECKPOINT)
             step = json.loads(Path(resume_dir, "trainer_state.json").read_text())["global_step"]
@@ -349,14 +353,6 @@ def _step_of(hf_dir: Path) -> int:
         return int(json.loads((hf_dir / "trainer_state.json").read_text())["global_step"])
     except (OSError, ValueError, KeyError):
         return -1
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 # ---- driver side -------------------------------------------------------------------------------------
