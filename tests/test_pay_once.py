@@ -366,8 +366,9 @@ def test_the_sink_makes_each_answer_durable_within_milliseconds(tmp_path: Path) 
         return lags
 
     lags = sorted(asyncio.run(main()))
-    # One fsync'd write per answer here (about 10 ms on this disk); generous bounds for a loaded machine.
-    assert lags[len(lags) // 2] < 0.05 and lags[-1] < 0.5, lags
+    # One fsync'd write per answer here (about 10 ms on this disk); bounds generous for a loaded machine, and
+    # far from the 60 s a Parquet flush would take here.
+    assert lags[len(lags) // 2] < 0.1 and lags[-1] < 1.0, lags
 
 
 def test_a_worker_stops_sending_once_its_driver_is_gone(tmp_path: Path) -> None:

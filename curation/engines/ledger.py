@@ -32,6 +32,7 @@ SHARD_GLOB_SUFFIX = ".parquet"
 WAL_DIR = "wal"
 # Row groups small enough that a lookup of a few ids reads a few MB, not a whole shard.
 ROW_GROUP_ROWS = 2048
+MAX_OPEN_SHARDS = 64
 
 
 class Ledger:
@@ -234,9 +235,13 @@ class LedgerIndex:
         self.row_group_starts: list[list[int]] = []
         self.cache: dict[tuple[int, int], pa.Table] = {}
         self.cached_row_groups = cached_row_groups
+        self.readers: dict[int, pq.ParquetFile] = {}  # open shards (an unlinked file stays readable)
 
     def _rebuild(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
         self.where, self.shards, self.known, self.row_group_starts, self.cache = {}, [], set(), [], {}
+        self.readers = {}
 
     def refresh(self) -> None:
         current = self.ledger._shards()
@@ -263,8 +268,14 @@ class LedgerIndex:
         key = (shard, group)
         table = self.cache.pop(key, None)
         if table is None:
-            with self.ledger.fs.open_input_file(self.shards[shard]) as f:
-                table = schemas.conform(pq.ParquetFile(f).read_row_group(group), "responses")
+            reader = self.readers.get(shard)
+            if reader is None:  # parsing a footer costs more than reading a row group: once per shard
+                if len(self.readers) >= MAX_OPEN_SHARDS:  # bounded: file handles are a per-process limit
+                    self.readers.pop(next(iter(self.readers))).close()
+                reader = self.readers[shard] = pq.ParquetFile(
+                    self.ledger.fs.open_input_file(self.shards[shard])
+                )
+            table = schemas.conform(reader.read_row_group(group), "responses")
         self.cache[key] = table  # most recent last
         while len(self.cache) > self.cached_row_groups:
             self.cache.pop(next(iter(self.cache)))
