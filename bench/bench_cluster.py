@@ -15,7 +15,8 @@ Both clusters run on this one machine (loopback), so "two nodes" measures Ray's 
 transfers between two object stores, scheduling over two raylets), not more hardware. Figures: the stage's own
 wall time (from the run's manifest) and the command's wall time (process start to exit: Ray start-up or job
 submission, working-dir upload, driver start). Ratios: 2 nodes / 1 node (stage), job / local (command). Medians of
---repeats. Prints a table and one JSON line.
+--repeats; the modes alternate (local, 1 node, 2 nodes, local, ...) with both clusters up throughout, so load
+changes on this shared machine spread over all modes. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def report(mode: str, r: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=196_157, help="pool rows (m1's pool: 196,157)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default="/tmp/m1-bench-cluster")
     args = parser.parse_args()
     workdir = Path(args.workdir) / f"rows-{args.rows}"
@@ -145,15 +146,14 @@ def main() -> int:
     runs.mkdir()
     results: dict[str, list[dict[str, Any]]] = {"local": [], "1 node": [], "2 nodes": []}
 
-    for i in range(args.repeats):
-        results["local"].append(run_local(config, runs / f"local-{i}"))
-        report("local", results["local"][-1])
-    with LocalCluster(workers=0, cpus=2) as one:
+    # Both clusters stay up for the whole benchmark and the three modes alternate, so a change in the machine's
+    # load (it is shared) hits every mode alike instead of the one that happened to run then.
+    with LocalCluster(workers=0, cpus=2) as one, LocalCluster(workers=1, cpus=1) as two:
         for i in range(args.repeats):
+            results["local"].append(run_local(config, runs / f"local-{i}"))
+            report("local", results["local"][-1])
             results["1 node"].append(run_job(one, config, runs / f"one-{i}"))
             report("1 node", results["1 node"][-1])
-    with LocalCluster(workers=1, cpus=1) as two:
-        for i in range(args.repeats):
             results["2 nodes"].append(run_job(two, config, runs / f"two-{i}"))
             report("2 nodes", results["2 nodes"][-1])
 
