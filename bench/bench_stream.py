@@ -64,7 +64,8 @@ for run in ("first", "rerun"):
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }}
     del rows
-print(json.dumps(result))
+with open(sys.argv[6], "w") as f:  # a file, not stdout: Ray may print there too
+    json.dump(result, f)
 """
 
 
@@ -87,13 +88,22 @@ def main() -> None:
                 script.write_text(textwrap.dedent(DRIVER.format(root=str(ROOT))))
                 started = time.perf_counter()
                 done = subprocess.run(
-                    [sys.executable, str(script), str(n), url, f"{tmp}/ledger", f"{tmp}/out", ray_tmp],
+                    [
+                        sys.executable,
+                        str(script),
+                        str(n),
+                        url,
+                        f"{tmp}/ledger",
+                        f"{tmp}/out",
+                        ray_tmp,
+                        f"{tmp}/result.json",
+                    ],
                     capture_output=True,
                     text=True,
                 )
                 if done.returncode != 0:
                     raise SystemExit(f"driver for {n} failed:\n{done.stderr[-4000:]}")
-                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result = json.loads(Path(f"{tmp}/result.json").read_text())
                 result["process_wall_s"] = round(time.perf_counter() - started, 1)
                 with urllib.request.urlopen(url.removesuffix("/v1") + "/stats?summary=1") as resp:
                     result["server_requests"] = json.load(resp)["requests_total"]

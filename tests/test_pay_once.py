@@ -435,3 +435,26 @@ def test_remote_workers_notice_a_dead_coordinator(ray_local: None) -> None:
     alive_before, noticed_s = asyncio.run(main())
     assert alive_before and watch.gone is not None and "coordinator" in watch.gone
     assert noticed_s < 2.0
+
+
+def test_ledger_index_serves_many_threads_at_once(tmp_path: Path) -> None:
+    """Engine workers look batches up from several threads at once (one per batch in flight)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from curation.engines.ledger import LedgerIndex
+
+    ledger = Ledger(str(tmp_path))
+    rows = _rows(6000, "threads")
+    for start in range(0, 6000, 3000):  # two shards of two row groups each, and more
+        ledger.append(responses_table(rows[start : start + 3000]))
+    index = LedgerIndex(ledger, cached_row_groups=2)  # a small cache: readers are used constantly
+    rng = random.Random(3)
+    batches = [rng.sample(range(6000), 128) for _ in range(256)]
+
+    def look(picks: list[int]) -> bool:
+        got = index.lookup([rows[i]["request_id"] for i in picks])
+        texts = dict(zip(got.column("request_id").to_pylist(), got.column("text").to_pylist(), strict=True))
+        return texts == {rows[i]["request_id"]: rows[i]["text"] for i in picks}
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(look, batches))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+import threading
 import time
 import uuid
 
@@ -236,6 +237,7 @@ class LedgerIndex:
         self.cache: dict[tuple[int, int], pa.Table] = {}
         self.cached_row_groups = cached_row_groups
         self.readers: dict[int, pq.ParquetFile] = {}  # open shards (an unlinked file stays readable)
+        self._lock = threading.Lock()
 
     def _rebuild(self) -> None:
         for reader in self.readers.values():
@@ -287,15 +289,18 @@ class LedgerIndex:
         empty = schemas.get("responses").schema.empty_table()
         if not wanted:
             return empty
-        for attempt in range(2):
-            try:
-                self.refresh()
-                parts = self._read_hits(set(wanted))
-                break
-            except FileNotFoundError:  # a shard was compacted away under us: index again
-                if attempt:
-                    raise
-                self._rebuild()
+        # One lookup at a time: engine workers call this from several threads (one per batch in flight), and
+        # neither the index nor a Parquet reader may be used by two threads at once.
+        with self._lock:
+            for attempt in range(2):
+                try:
+                    self.refresh()
+                    parts = self._read_hits(set(wanted))
+                    break
+                except FileNotFoundError:  # a shard was compacted away under us: index again
+                    if attempt:
+                        raise
+                    self._rebuild()
         pending = self.ledger._segment_table()
         if pending is not None:
             found = {rid for p in parts for rid in p.column("request_id").to_pylist()}
