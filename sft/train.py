@@ -109,7 +109,11 @@ def _make_trainer_class() -> type:
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             if "loss" in logs:
                 counts = torch.tensor(self._counts, dtype=torch.float64, device=self.args.device)
-                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                if (
+                    torch.distributed.is_available()
+                    and torch.distributed.is_initialized()
+                    and torch.distributed.get_world_size() > 1
+                ):
                     torch.distributed.all_reduce(counts)
                 now = time.perf_counter()
                 dt = max(now - (self._last_log or now), 1e-9)
@@ -205,6 +209,13 @@ def _callbacks(cfg: SFTConfig, plan: Plan, paths: dict[str, str], rank: int, att
                     + f".{time.time_ns() % 10**9:09d}",
                 }
             )
+            if state.global_step % 10 == 0 or state.global_step == plan.max_steps:
+                r = self.rows[-1]
+                print(
+                    f"[sft] step {r['step']}/{plan.max_steps} epoch {r['epoch']:.2f} loss {r['loss']:.4f} "
+                    f"lr {r['learning_rate']:.3g} tokens/s {r['tokens_per_s']:,.0f} padding {r['padding_share']:.1%}",
+                    flush=True,
+                )
             if len(self.rows) >= 20:
                 self.flush()
             return control
@@ -344,6 +355,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batches=lambda: _stats_batches(shard, cfg, pad_id, skip),
             callbacks=_callbacks(cfg, plan, config["paths"], rank, attempt),
         )
+        # One compact progress line every 10 steps (MetricsWriter) instead of the Trainer's dict per step.
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
         trainer.train(resume_from_checkpoint=resume_dir)
     shutil.rmtree(output_dir, ignore_errors=True)
 
