@@ -389,12 +389,13 @@ def ensure_ray(cfg: SFTConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # log_to_driver: the workers' progress lines (every 10 steps) reach the terminal.
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False, log_to_driver=True)
 
 
 COMPLETE = "m1_complete"
