@@ -8,7 +8,8 @@ Both sides: the tiny random-init Qwen2 (curation.devtools.tiny_model), the same 
 collated by sft.format.collate, AdamW at the same lr, one CPU thread for the model (Ray gives its worker
 OMP_NUM_THREADS=1 for cpus_per_worker=1; the baseline calls torch.set_num_threads(1)).
 
-- baseline: a bare loop in one process (forward, backward, clip, AdamW step, scheduler), no Trainer, no Ray.
+- baseline: a bare loop in one process (forward, backward, clip, AdamW step, scheduler), no Trainer, no Ray;
+            run before and after the Ray run and pooled (the shared machine's load drifts).
 - ray:      `m1 sft` (run_sft): Ray Data streaming tokenized rows to one Ray Train worker running the
             transformers Trainer, with per-step metrics and a final checkpoint.
 
@@ -153,12 +154,27 @@ def main() -> None:
     store = RunStore(str(run))
     store.commit([store.write_table("curated", table)])
 
-    base = baseline(model_dir, table, args.steps)
+    # The baseline runs before and after Ray and counts once, pooled: on a shared machine the load drifts.
+    before = baseline(model_dir, table, args.steps)
     ray_ = ray_train(model_dir, run, args.steps)
+    after = baseline(model_dir, table, args.steps)
+    base = {
+        "tokens": before["tokens"] + after["tokens"],
+        "seconds": before["seconds"] + after["seconds"],
+        "median_step_s": statistics.median([before["median_step_s"], after["median_step_s"]]),
+        "median_tokens_per_step": statistics.median(
+            [before["median_tokens_per_step"], after["median_tokens_per_step"]]
+        ),
+        "before_tokens_per_s": before["tokens"] / before["seconds"],
+        "after_tokens_per_s": after["tokens"] / after["seconds"],
+    }
     b_tps = base["tokens"] / base["seconds"]
     r_tps = ray_["tokens"] / ray_["seconds"]
     print(f"{'':10} {'tokens/s':>10} {'steps timed':>11}")
-    print(f"{'baseline':10} {b_tps:>10,.0f} {args.steps - WARMUP:>11}")
+    print(
+        f"{'baseline':10} {b_tps:>10,.0f} {2 * (args.steps - WARMUP):>11}   (before Ray "
+        f"{base['before_tokens_per_s']:,.0f}, after {base['after_tokens_per_s']:,.0f})"
+    )
     print(
         f"{'ray train':10} {r_tps:>10,.0f} {args.steps - WARMUP:>11}   (wall with start-up {ray_['wall_s_with_startup']:.0f} s)"
     )
