@@ -135,13 +135,17 @@ class MinHashOptions(Strict):
     shingle: Literal["word", "char"] = Field("word", description="word k-shingles or char (byte) k-grams")
     k: int = Field(5, ge=1, description="shingle size (words or characters)")
     num_perm: int = Field(128, ge=1, le=1024, description="number of permutations (signature length)")
-    bands: int | None = Field(None, ge=1, description="LSH bands (with rows); None: derived from lsh_threshold")
+    bands: int | None = Field(
+        None, ge=1, description="LSH bands (with rows); None: derived from lsh_threshold"
+    )
     rows: int | None = Field(None, ge=1, description="signature values per band")
     lsh_threshold: float = Field(
         0.7, gt=0.0, lt=1.0, description="when bands/rows are not given: the threshold they are optimised for"
     )
     seed: int = Field(1, description="seed of the permutations (numpy default_rng)")
-    max_bucket: int = Field(1000, ge=2, description="an LSH bucket larger than this pairs only with its first rows")
+    max_bucket: int = Field(
+        1000, ge=2, description="an LSH bucket larger than this pairs only with its first rows"
+    )
 
     @model_validator(mode="after")
     def _bands_rows(self) -> MinHashOptions:
@@ -176,7 +180,9 @@ class DedupOptions(Strict):
     measure: Literal["jaccard", "ratio"] = Field(
         "jaccard", description="verify candidates by exact shingle Jaccard, or rapidfuzz fuzz.ratio (m1)"
     )
-    threshold: float = Field(0.8, gt=0.0, description="jaccard: 0-1; ratio: 0-100 (m1: 95); pairs >= it match")
+    threshold: float = Field(
+        0.8, gt=0.0, description="jaccard: 0-1; ratio: 0-100 (m1: 95); pairs >= it match"
+    )
     rule: Literal["cluster", "earlier"] = Field(
         "cluster",
         description="cluster: connected components of verified pairs, keep the lowest pool_index; "
@@ -272,7 +278,9 @@ class TeacherOptions(Strict):
 
     engine: str | None = Field(None, description="name of an engine in `engines`; None: no teacher stage")
     model: str | None = Field(None, description="model name sent to an openai engine that names none itself")
-    max_attempts: int = Field(1, ge=1, description="tries per question until a validated-correct trace (m1: 1)")
+    max_attempts: int = Field(
+        1, ge=1, description="tries per question until a validated-correct trace (m1: 1)"
+    )
     max_tokens: int = Field(8000, gt=0, description="m1: 8,000 for DeepSeek-R1")
     temperature: float | None = Field(None, ge=0.0, description="None: the engine's default (R1 ignores it)")
     prompt_prefix: str = Field(M1_BOXED_PREFIX, description="text before the rendered question")
@@ -391,7 +399,9 @@ def format_validation_error(exc: ValidationError, *, prefix: str = "", source: s
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         nested = (err.get("ctx") or {}).get("error")
         problems = (
-            nested.problems if isinstance(nested, NestedError) else [("", err["msg"].removeprefix("Value error, "))]
+            nested.problems
+            if isinstance(nested, NestedError)
+            else [("", err["msg"].removeprefix("Value error, "))]
         )
         for sub, msg in problems:
             full = ".".join(p for p in (loc, sub) if p)

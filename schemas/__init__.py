@@ -45,8 +45,7 @@ REGISTRY: dict[str, TableSchema] = {
 }
 
 # Names reserved for the tables of later stages; documented here so nobody reuses them for something else.
-RESERVED: dict[str, str] = {
-}
+RESERVED: dict[str, str] = {}
 
 
 def get(name: str) -> TableSchema:

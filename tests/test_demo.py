@@ -34,7 +34,9 @@ def test_demo_end_to_end_and_rerun_pays_nothing(tmp_path):
     con = duckdb.connect(str(tmp_path / "demo" / "catalog.duckdb"), read_only=True)
     n_pool = con.execute("SELECT count(*) FROM questions").fetchall()[0][0]
     scored = stages["score"]["rows_in"]
-    assert con.execute("SELECT count(*) FROM scores").fetchall()[0][0] == 2 * scored  # two scorers, one sample
+    assert (
+        con.execute("SELECT count(*) FROM scores").fetchall()[0][0] == 2 * scored
+    )  # two scorers, one sample
     assert stages["teacher"]["rows_in"] == stages["score"]["rows_out"]
     assert stages["curate"]["rows_out"] == stages["teacher"]["rows_out"] > 0
     assert con.execute("SELECT count(*) FROM lineage").fetchall()[0][0] == n_pool
@@ -54,7 +56,9 @@ def test_demo_dry_run_sends_nothing(tmp_path):
     run_dir = str(tmp_path / "demo")
     out = m1("demo", "--run-dir", run_dir, "--dry-run")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "[score] dry run: tiny-greedy, tiny-sampled on engine tiny: 622 requests, 622 to send" in out.stdout
+    assert (
+        "[score] dry run: tiny-greedy, tiny-sampled on engine tiny: 622 requests, 622 to send" in out.stdout
+    )
     assert "[teacher] dry run: " in out.stdout and "assuming m1's hard share" in out.stdout
     assert "expected $" in out.stdout
     assert Ledger(RunStore(run_dir, create=False).ledger_uri).read().num_rows == 0

@@ -349,6 +349,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     try:
         path = build_tiny_model(args.dir, vocab_size=args.vocab_size, seed=args.seed)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
-        raise UserError(f"{exc.filename or args.dir}: cannot write the model there ({exc.strerror or exc})") from None
+        raise UserError(
+            f"{exc.filename or args.dir}: cannot write the model there ({exc.strerror or exc})"
+        ) from None
     print(f"tiny model written to {path} (random weights: it produces nonsense)")
     return 0
