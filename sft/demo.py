@@ -102,13 +102,19 @@ def write_demo_config(run_dir: str | Path, model_dir: str | Path, *, steps: int,
 
 
 def run_demo_sft(
-    run_dir: str | Path, model_dir: str | Path, *, steps: int = 8, table: str | None = None
+    run_dir: str | Path,
+    model_dir: str | Path,
+    *,
+    steps: int = 8,
+    table: str | None = None,
+    reuse: bool = False,
 ) -> Path:
     """Fine-tune the tiny model on the run's ``m23k`` (else ``curated``) table for ``steps`` optimizer steps
-    with 2 CPU workers; returns the HF checkpoint folder. The loss curve lands in RUN/sft/demo-tiny/loss.png."""
+    with 2 CPU workers; returns the HF checkpoint folder. The loss curve lands in RUN/sft/demo-tiny/loss.png.
+    With ``reuse``, a finished fine-tune (a complete checkpoint at ``steps``) is returned without training."""
     from curation.store.runstore import RunStore
     from sft.config import load_sft_config
-    from sft.train import run_sft
+    from sft.train import TRAIN_DIR, list_checkpoints, run_sft
 
     store = RunStore(str(run_dir), create=False)
     if table is None:
@@ -118,6 +124,12 @@ def run_demo_sft(
         if table is None:
             raise FileNotFoundError(f"run {run_dir} has no non-empty m23k or curated table to fine-tune on")
     cfg = load_sft_config(write_demo_config(run_dir, model_dir, steps=steps, table=table))
+    finished = [
+        p for step, p in list_checkpoints(Path(store.path(f"sft/{cfg.name}")) / TRAIN_DIR) if step == steps
+    ]
+    if reuse and finished and store.has_table("sft_metrics"):
+        print(f"[demo] SFT {cfg.name!r} already finished {steps} steps: reusing {finished[-1]}")
+        return finished[-1]
     result = run_sft(cfg, force=True)
     print(
         f"[demo] fine-tuned the tiny model on {table} for {result.steps} steps in {result.wall_s:.0f} s "

@@ -7,8 +7,14 @@
    played by the rehearsal server (REHEARSED: canned R1-shaped answers with injected faults), validation and
    the curated table, and whatever later stages the config has.
 3. SQL over the run: the funnel, the lineage of every pool question, the curated set.
+4. SFT: the tiny model fine-tuned for a few steps on the run's m23k table with 2 CPU Ray Train workers
+   (`sft.demo`): an HF checkpoint, the `sft_metrics` table and a loss curve.
+5. Evaluation: a small thinking-budget sweep of the fine-tuned model on Ray actors holding vLLM engines, on the
+   PubMedQA half the sample pool holds out (`evaluation.demo`): the accuracy table, the plot, and the run's
+   HTML report (`m1 report`).
 
-Running it again pays nothing: finished stages are skipped and every LLM request is in the ledger.
+Running it again pays nothing: finished stages are skipped, every LLM request is in the ledger, a finished
+fine-tune is reused and every finished evaluation cell is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import yaml
 
 TINY_ENGINE = "tiny"
+SFT_STEPS = 8  # a few optimizer steps: enough for a falling loss curve, a minute or two on 2 cores
 
 
 def _sql(run_dir: str, query: str) -> None:
@@ -50,7 +57,7 @@ def write_demo_config(run_dir: Path, model_dir: Path) -> Path:
     return out
 
 
-def run_demo(run_dir: str, *, dry_run: bool = False) -> int:
+def run_demo(run_dir: str, *, dry_run: bool = False, skip_train_eval: bool = False) -> int:
     from curation.cli import main as m1_main
     from curation.devtools.tiny_model import build_tiny_model
 
@@ -81,11 +88,32 @@ def run_demo(run_dir: str, *, dry_run: bool = False) -> int:
         "FROM traces GROUP BY ALL ORDER BY ALL",
     )
     _sql(run_dir, "SELECT source, count(*) AS curated FROM curated GROUP BY source ORDER BY source")
+    if not skip_train_eval:
+        _train_and_evaluate(run_dir, model_dir)
     print(
-        f"\nrun: {root.resolve()}  (catalog: {run_dir}/catalog.duckdb)\n"
-        "REHEARSED: the teacher was the rehearsal server (canned answers); the scorers were the tiny random model."
+        f"\nrun: {root.resolve()}  (catalog: {run_dir}/catalog.duckdb, report: {run_dir}/report.html)\n"
+        "REHEARSED: the teacher was the rehearsal server (canned answers); the scorers were the tiny random model;\n"
+        "the fine-tuned and evaluated model is the tiny random model: a TINY-MODEL DEMONSTRATION of the machinery."
     )
     return 0
+
+
+def _train_and_evaluate(run_dir: str, model_dir: Path) -> None:
+    """The SFT and evaluation legs: fine-tune on the run's table, sweep budgets, write the report."""
+    from curation.store.runstore import RunStore
+    from evaluation.demo import run_demo_sweep
+    from evaluation.report import accuracy_markdown
+    from sft.demo import run_demo_sft
+
+    print("\n[demo] SFT: the tiny model on the run's m23k table, 2 CPU Ray Train workers")
+    checkpoint = run_demo_sft(run_dir, model_dir, steps=SFT_STEPS, reuse=True)
+    print(
+        "\n[demo] evaluation: a thinking-budget sweep of the fine-tuned model on the held-out PubMedQA half"
+    )
+    result = run_demo_sweep(run_dir, str(checkpoint), model_name="tiny-sft")
+    print("\n" + accuracy_markdown(RunStore(run_dir, create=False)))
+    print(f"\n[demo] accuracy table {result['table']}; plots {', '.join(str(p) for p in result['plots'])}")
+    print(f"[demo] report {result['report']} (one self-contained HTML page)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -98,5 +126,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="print the plan and the LLM requests' projected cost; send nothing",
     )
-    p.set_defaults(func=lambda a: run_demo(a.run_dir, dry_run=a.dry_run))
+    p.add_argument(
+        "--curate-only",
+        action="store_true",
+        help="stop after curation (no SFT, no evaluation sweep, no report)",
+    )
+    p.set_defaults(func=lambda a: run_demo(a.run_dir, dry_run=a.dry_run, skip_train_eval=a.curate_only))
     return p
