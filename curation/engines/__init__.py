@@ -2,6 +2,7 @@
 
     responses = map_requests(requests_ds, engine_cfg, ledger_uri="runs/x/ledger")  # lazy ray.data.Dataset
     responses = run_requests(requests, engine_cfg, ledger_uri="runs/x/ledger")      # executes at once
+    stream_requests(requests_ds, engine_cfg, ledger_uri=..., out_uri="runs/x/scratch/r")  # map_requests -> Parquet
 
 `map_requests` streams: each engine worker serves the ids its ledger lookups answer and sends the rest,
 batch by batch, so the driver never holds the requests or the responses (memory stays flat at any size).
@@ -103,15 +104,19 @@ def _as_requests_table(requests: Any) -> pa.Table:
     return schemas.conform(table, "requests")
 
 
-def _split_blocks(table: pa.Table, engine: Any) -> list[pa.Table]:
-    """Blocks big enough for several async batches per task, and enough of them to feed every actor."""
+def block_rows(engine: Any, n_rows: int) -> int:
+    """Rows per block: big enough for several async batches per task, small enough to feed every actor."""
     if engine.kind == "openai":
         from curation.engines.openai_engine import batch_size_for
 
         batch, workers = batch_size_for(engine), engine.actors
     else:
         batch, workers = engine.batch_size, engine.replicas
-    rows = max(batch, min(8 * batch, -(-table.num_rows // (2 * workers))))
+    return max(batch, min(8 * batch, -(-n_rows // (2 * workers))))
+
+
+def _split_blocks(table: pa.Table, engine: Any) -> list[pa.Table]:
+    rows = block_rows(engine, table.num_rows)
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
 
 
@@ -138,6 +143,13 @@ def map_requests(
     answered (done, from the ledger, failed, cost); vLLM runs show Ray Data's own progress.
     The ledger is compacted first when it has many shards (streaming, bounded memory).
     """
+    return _streamed_responses(ds, engine, ledger_uri, progress=progress)[0]
+
+
+def _streamed_responses(
+    ds: ray.data.Dataset, engine: Any, ledger_uri: str, *, progress: bool
+) -> tuple[ray.data.Dataset, Any]:
+    """The lazy responses of ``ds`` with worker-side ledger lookups, and the OpenAI run's coordinator (or None)."""
     _compact_on_a_worker(ledger_uri)
     if engine.kind == "openai":
         from curation.engines.openai_engine import OpenAIRun, generate
@@ -146,12 +158,68 @@ def map_requests(
         run = OpenAIRun(engine)
         if progress:
             _progress_lines(run, engine)
-        return generate(ds, engine, ledger_uri, run=run, ledger_lookup=True)
+        return generate(ds, engine, ledger_uri, run=run, ledger_lookup=True), run
     if engine.kind == "vllm":
         from curation.engines.vllm_engine import generate as vllm_generate
 
-        return vllm_generate(ds, engine, ledger_uri, ledger_lookup=True)
+        return vllm_generate(ds, engine, ledger_uri, ledger_lookup=True), None
     raise ValueError(f"unknown engine kind {engine.kind!r}; known: openai, vllm")
+
+
+def stream_requests(
+    ds: ray.data.Dataset,
+    engine: OpenAIEngineConfig | VLLMEngineConfig,
+    *,
+    ledger_uri: str,
+    out_uri: str,
+    filesystem: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Answer a dataset of requests into Parquet at ``out_uri``: `map_requests`, consumed by ``write_parquet``.
+
+    What the LLM stages use at any pool size: requests are built on the workers, looked up in the ledger there,
+    sent, and written by the workers, so the driver holds neither requests nor responses (its memory does not
+    grow with the pool). Returns counters read back from the written files (rows, cached, failed) plus the
+    OpenAI run's own (attempts, tokens, cost). A kill or Ctrl-C loses nothing paid for: every success is in
+    the ledger's write-ahead segment within milliseconds, and the workers stop when this process is gone.
+    """
+    import pyarrow.dataset as pads
+
+    started = time.perf_counter()
+    responses, run = _streamed_responses(ds, engine, ledger_uri, progress=progress)
+    try:
+        responses.write_parquet(out_uri, filesystem=filesystem)
+        totals: dict[str, Any] = run.totals() if run is not None else {}
+    finally:
+        if run is not None:
+            run.close()
+    written = pads.dataset(out_uri, filesystem=filesystem, format="parquet")
+    columns = written.to_table(columns=["cached", "error"]) if written.files else None
+    rows = columns.num_rows if columns is not None else 0
+    cached = int(pc.sum(columns.column("cached")).as_py() or 0) if rows else 0
+    failed = int(pc.sum(pc.is_valid(columns.column("error"))).as_py() or 0) if rows else 0
+    totals.update(
+        {
+            "rows": rows,
+            "cached": cached,
+            "failed": failed,
+            "sent": rows - cached,
+            "wall_s": time.perf_counter() - started,
+        }
+    )
+    _last_run_totals.clear()
+    _last_run_totals.update(totals)
+    if progress:
+        line = (
+            f"m1 {_engine_label(engine)}: {rows:,} requests: {cached:,} from the ledger, {rows - cached - failed:,} "
+            f"answered, {failed:,} failed, {totals['wall_s']:.1f} s"
+        )
+        if totals.get("cost_usd"):
+            line += f", ${totals['cost_usd']:,.4f}"
+        if failed:
+            line += "; failed rows carry `error` and are retried by a rerun"
+        print(line, file=sys.stderr)
+    return totals
 
 
 PROGRESS_EVERY_S = 10.0
@@ -391,4 +459,5 @@ __all__ = [
     "response_row",
     "responses_table",
     "run_requests",
+    "stream_requests",
 ]

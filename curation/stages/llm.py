@@ -47,3 +47,46 @@ def iter_question_batches(store: Any, columns: list[str], batch_size: int = 8192
     for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
         if batch.num_rows:
             yield pa.Table.from_batches([batch])
+
+
+def question_dataset(
+    store: Any, columns: list[str], *, engine: Any, requests_per_row: int, rel: str | None = None
+) -> tuple[Any, int]:
+    """A lazy Ray dataset of the stage's question rows (or of the Parquet files at ``rel``) and its row count,
+    in blocks sized so that the requests made from them feed every engine worker. The driver reads only the
+    count (Parquet metadata)."""
+    import pyarrow.dataset as pads
+    import ray.data
+
+    from curation.engines import block_rows
+
+    path = (
+        store.path(rel)
+        if rel is not None
+        else store.path(store.tables()[question_source_table(store)]["path"])
+    )
+    n_rows = pads.dataset(path, filesystem=store.fs, format="parquet").count_rows()
+    ds = ray.data.read_parquet(path, filesystem=store.fs, columns=columns)
+    per_block = max(1, block_rows(engine, n_rows * requests_per_row) // max(1, requests_per_row))
+    return ds.repartition(max(1, -(-n_rows // per_block))), n_rows
+
+
+def write_rows(store: Any, rel: str, batches: Any) -> int:
+    """Stream Arrow batches into one Parquet file at ``rel`` of the run (scratch inputs of a Ray dataset)."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    rows = 0
+    store.fs.create_dir(store.path(rel), recursive=True)
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    store.fs.open_output_stream(store.path(f"{rel}/part-0.parquet")), batch.schema
+                )
+            writer.write_table(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]))
+            rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows

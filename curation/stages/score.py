@@ -8,7 +8,8 @@
 3. :func:`curation.rules.difficulty.decide` turns each question's tallies into hard / easy / undecided.
 
 Outputs: ``scores``, ``difficulty`` (every question), ``rejects/score`` (easy and undecided, by reason).
-Rows stream: responses go to scratch Parquet, DuckDB joins them back to the questions batch by batch.
+Rows stream: Ray workers build the requests from the question table, serve answered ones from the ledger, send
+the rest and write the responses to scratch Parquet; DuckDB joins them back to the questions batch by batch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from curation.stages.llm import (
     engine_for,
     iter_question_batches,
     options_of,
+    question_dataset,
     question_source_table,
 )
 
@@ -59,6 +61,11 @@ def scorer_requests(batch: pa.Table, scorer: Any, model: str, options: Any) -> p
             key = KEY_SEP.join((source, qid, scorer.name, str(sample)))
             rows.append(make_request(key, model, messages=messages, **params, **salt))
     return requests_table(rows)
+
+
+def engine_requests(batch: pa.Table, scorers: list[tuple[Any, str]], options: Any) -> pa.Table:
+    """Every request of the scorers sharing one engine for a batch of questions (a Ray Data batch function)."""
+    return pa.concat_tables([scorer_requests(batch, scorer, model, options) for scorer, model in scorers])
 
 
 def judge_rows(batch: pa.Table) -> pa.Table:
@@ -154,25 +161,28 @@ class ScoreStage(Stage):
     def enabled(self, cfg: CurationConfig) -> bool:
         return bool(cfg.score.scorers)
 
-    def requests_per_engine(self, cfg: CurationConfig, store: Any) -> Iterator[tuple[str, Any, pa.Table]]:
-        """(scorer names, engine, requests) per engine: scorers sharing an engine share its replicas and one run."""
-        options = cfg.score
+    def scorers_per_engine(self, cfg: CurationConfig) -> Iterator[tuple[str, Any, list[tuple[Any, str]]]]:
+        """(label, engine, [(scorer, model)]) per engine: scorers sharing an engine share its replicas and one run."""
         by_engine: dict[str, list[Any]] = {}
-        for scorer in options.scorers:
+        for scorer in cfg.score.scorers:
             by_engine.setdefault(scorer.engine, []).append(scorer)
         for engine_name, scorers in by_engine.items():
             resolved = [
                 (scorer, *engine_for(cfg, engine_name, scorer.model, where=f"score.scorers[{scorer.name}]"))
                 for scorer in scorers
             ]
+            label = f"{', '.join(s.name for s in scorers)} on engine {engine_name}"
+            yield label, resolved[0][1], [(scorer, model) for scorer, _, model in resolved]
+
+    def requests_per_engine(self, cfg: CurationConfig, store: Any) -> Iterator[tuple[str, Any, pa.Table]]:
+        """(label, engine, every request) per engine, as one table: for dry runs (the plan and its cost)."""
+        for label, engine, scorers in self.scorers_per_engine(cfg):
             batches = [
-                scorer_requests(b, scorer, model, options)
+                engine_requests(b, scorers, cfg.score)
                 for b in iter_question_batches(store, ["source", "qid", "prompt"], self.batch_rows)
-                for scorer, _, model in resolved
             ]
             if batches:
-                names = ", ".join(s.name for s in scorers)
-                yield f"{names} on engine {engine_name}", resolved[0][1], pa.concat_tables(batches)
+                yield label, engine, pa.concat_tables(batches)
 
     def plan(self, ctx: StageContext) -> str:
         from curation.engines import run_requests
@@ -192,15 +202,31 @@ class ScoreStage(Stage):
     def run(self, ctx: StageContext) -> StageResult:
         import duckdb
 
-        from curation.engines import run_requests
+        from curation.engines import stream_requests
 
         cfg, store = ctx.config, ctx.store
         options = cfg.score
         scratch = store.scratch_dir("score-responses")
-        for i, (label, engine, requests) in enumerate(self.requests_per_engine(cfg, store)):
-            print(f"[{STAGE}] {label}: {requests.num_rows} requests")
-            responses = run_requests(requests, engine, ledger_uri=store.ledger_uri)
-            responses.write_parquet(store.path(f"{scratch}/engine-{i}"), filesystem=store.fs)
+        for i, (label, engine, scorers) in enumerate(self.scorers_per_engine(cfg)):
+            # Streams: requests are built, looked up, sent and written by Ray workers, never held here.
+            per_question = sum(scorer.samples for scorer, _ in scorers)
+            questions, n = question_dataset(
+                store, ["source", "qid", "prompt"], engine=engine, requests_per_row=per_question
+            )
+            print(f"[{STAGE}] {label}: {n * per_question:,} requests")
+            requests = questions.map_batches(
+                engine_requests,
+                fn_kwargs={"scorers": scorers, "options": options},
+                batch_format="pyarrow",
+                batch_size=None,
+            )
+            stream_requests(
+                requests,
+                engine,
+                ledger_uri=store.ledger_uri,
+                out_uri=store.path(f"{scratch}/engine-{i}"),
+                filesystem=store.fs,
+            )
 
         con = duckdb.connect()
         con.register("q", store.dataset(question_source_table(store)))

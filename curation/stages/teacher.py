@@ -25,7 +25,14 @@ import schemas
 from curation.config import CurationConfig
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules.traces import judge_attempt, split_reasoning
-from curation.stages.llm import chat_messages, engine_for, options_of, question_source_table
+from curation.stages.llm import (
+    chat_messages,
+    engine_for,
+    options_of,
+    question_dataset,
+    question_source_table,
+    write_rows,
+)
 
 STAGE = "teacher"
 KEY_SEP = "|"
@@ -268,25 +275,38 @@ class TeacherStage(Stage):
         options: Any,
     ) -> Iterator[pa.Table]:
         """Send one attempt for every hard question still without an accepted trace; yield the judged rows."""
-        from curation.engines import run_requests
+        from curation.engines import stream_requests
 
-        batches = []
-        for batch in con.sql(_HARD_SQL).to_arrow_reader(self.batch_rows):
-            table = pa.Table.from_batches([batch])
-            keep = [
-                (s, q) not in accepted
-                for s, q in zip(table["source"].to_pylist(), table["qid"].to_pylist(), strict=True)
-            ]
-            table = table.filter(pa.array(keep, pa.bool_()))
-            if table.num_rows:
-                batches.append(attempt_requests(table, attempt, model, options))
-        if not batches:
+        def still_open() -> Iterator[pa.Table]:
+            for batch in con.sql(_HARD_SQL).to_arrow_reader(self.batch_rows):
+                table = pa.Table.from_batches([batch])
+                keep = [
+                    (s, q) not in accepted
+                    for s, q in zip(table["source"].to_pylist(), table["qid"].to_pylist(), strict=True)
+                ]
+                table = table.filter(pa.array(keep, pa.bool_()))
+                if table.num_rows:
+                    yield table
+
+        # The questions of this attempt go to scratch Parquet (streamed); Ray workers build the requests from
+        # them, serve answered ones from the ledger, send the rest and write the responses: nothing is held here.
+        questions_rel = f"{scratch}/questions-{attempt}"
+        if not write_rows(store, questions_rel, still_open()):
             return
-        requests = pa.concat_tables(batches)
-        print(f"[{STAGE}] attempt {attempt}: {requests.num_rows} requests to {model}")
-        responses = run_requests(requests, engine, ledger_uri=store.ledger_uri)
+        questions, n = question_dataset(
+            store, ["source", "qid", "prompt"], engine=engine, requests_per_row=1, rel=questions_rel
+        )
+        print(f"[{STAGE}] attempt {attempt}: {n:,} requests to {model}")
+        requests = questions.map_batches(
+            attempt_requests,
+            fn_kwargs={"attempt": attempt, "model": model, "options": options},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
         rel = f"{scratch}/attempt-{attempt}"
-        responses.write_parquet(store.path(rel), filesystem=store.fs)
+        stream_requests(
+            requests, engine, ledger_uri=store.ledger_uri, out_uri=store.path(rel), filesystem=store.fs
+        )
         files = store.dataset_at(rel)
         con.register("responses", files if files.files else schemas.get("responses").schema.empty_table())
         for batch in con.sql(_JOIN_SQL).to_arrow_reader(self.batch_rows):
