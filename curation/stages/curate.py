@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from curation.config import CurationConfig
@@ -23,11 +24,11 @@ STAGE = "curate"
 _CURATED_SQL = """
 SELECT q.answer_label AS answer_idx, q.source, q.metadata, q.prompt, q.answer_label AS answer_letter,
        q.answer_text AS answer_string, t.reasoning, t.answer AS distilled_answer_string,
-       q.qid, {pool_index} AS pool_index, t.attempt, t.model, t.request_id
+       q.qid, q.pool_index, t.attempt, t.model, t.request_id
 FROM q JOIN (
     SELECT * FROM traces WHERE accepted QUALIFY row_number() OVER (PARTITION BY source, qid ORDER BY attempt) = 1
 ) t USING (source, qid)
-ORDER BY {order}
+ORDER BY q.pool_index
 """
 
 
@@ -65,19 +66,22 @@ class CurateStage(Stage):
         store = ctx.store
         con = duckdb.connect()
         source = store.dataset(question_source_table(store))
-        con.register("q", source)
+        if "pool_index" in source.schema.names:  # dedup/decontaminate's candidates carry it
+            con.register("q", source)
+        else:  # no dedup: the questions table is the pool, in pool order (sources in config order, file order)
+            keys = source.to_table(columns=["source", "qid"])
+            keys = keys.append_column("pool_index", pa.array(np.arange(keys.num_rows, dtype=np.int64)))
+            con.register("questions", source)
+            con.register("pool", keys)
+            con.execute("CREATE VIEW q AS SELECT * FROM questions JOIN pool USING (source, qid)")
         con.register("traces", store.dataset("traces"))
-        has_index = "pool_index" in source.schema.names
-        sql = _CURATED_SQL.format(
-            pool_index="q.pool_index" if has_index else "CAST(NULL AS BIGINT)",
-            order="q.pool_index" if has_index else "q.source, q.qid",
-        )
+
         validated = con.execute("SELECT count(DISTINCT (source, qid)) FROM traces WHERE accepted").fetchall()[
             0
         ][0]
 
         def records() -> Iterator[pa.Table]:
-            for batch in con.sql(sql).to_arrow_reader(self.batch_rows):
+            for batch in con.sql(_CURATED_SQL).to_arrow_reader(self.batch_rows):
                 yield with_text(pa.Table.from_batches([batch]))
 
         curated = store.write_table("curated", records())
