@@ -886,3 +886,55 @@ def test_real_m1_gives_up_on_a_listener_that_is_not_ray(tmp_path: Path, silent_l
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"cannot connect to the Ray cluster at '{silent_listener}' (no answer within 30 s)" in out.stderr
     assert time.monotonic() - started < 90
+
+
+def _project_models() -> list[type]:
+    """Every pydantic model class defined in the project's packages (imported here, so none is missed)."""
+    import importlib
+    import pkgutil
+
+    from pydantic import BaseModel
+
+    found: dict[str, type] = {}
+    for package in ("curation", "evaluation", "sft"):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+            module = importlib.import_module(info.name)
+            for obj in vars(module).values():
+                if (
+                    isinstance(obj, type)
+                    and issubclass(obj, BaseModel)
+                    and obj.__module__.startswith(("curation", "evaluation", "sft"))
+                ):
+                    found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return [found[k] for k in sorted(found)]
+
+
+def test_every_config_model_hides_its_input_in_errors() -> None:
+    """Python API users build configs directly: pydantic's error text must not carry a pasted key."""
+    models = _project_models()
+    assert len(models) >= 20  # the walk really found the config classes
+    leaky = [m.__qualname__ for m in models if not m.model_config.get("hide_input_in_errors")]
+    assert leaky == []
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: __import__("curation.engines.config", fromlist=["x"]).OpenAIEngineConfig(
+            base_url="http://127.0.0.1:1/v1", model="m", api_key_env=KEY
+        ),
+        lambda: __import__("curation.engines.vllm_engine", fromlist=["x"]).VLLMEngineConfig(
+            model="x", api_key=KEY
+        ),
+        lambda: __import__("curation.devtools.rehearse", fromlist=["x"]).RehearsalConfig(port=KEY),
+        lambda: __import__("curation.devtools.rehearse", fromlist=["x"]).FaultRates(rate_limit=KEY),
+    ],
+    ids=["openai-api_key_env", "vllm-unknown-field", "rehearsal-port", "fault-rate"],
+)
+def test_python_api_errors_never_echo_a_key(build) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        build()
+    assert KEY not in str(info.value)

@@ -152,7 +152,7 @@ class FaultRates(BaseModel):
     """Probability per attempt of each injected fault. The rates are exclusive slices of one draw, so their
     sum must stay at or below 1; the rest of the draw is a normal answer."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # never echo a pasted key
 
     rate_limit: float = Field(
         0.0, ge=0.0, le=1.0, description="429 with Retry-After and an OpenAI error body"
@@ -191,7 +191,7 @@ class FaultRates(BaseModel):
 class RehearsalConfig(BaseModel):
     """Everything the rehearsal server does. Load from YAML with :meth:`from_yaml` or build with keywords."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # never echo a pasted key
 
     host: str = Field("127.0.0.1", description="bind address; keep it on loopback")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")

@@ -40,7 +40,7 @@ _NOT_SAMPLING = frozenset({"n"})
 class VLLMEngineConfig(BaseModel):
     """A local vLLM engine on Ray: which model, how many replicas, and what each replica reserves."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # never echo a pasted key
 
     kind: Literal["vllm"] = "vllm"
     model: str = Field(description="hub id (e.g. Qwen/Qwen2.5-7B-Instruct) or local model directory")
