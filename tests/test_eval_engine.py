@@ -146,7 +146,7 @@ def test_no_thinking_and_cot_protocols(engine) -> None:
     for g in r.sweep(SAMPLES, [64, 128], 0, protocol="no_thinking"):
         assert g.budget == 0 and g.thinking_ids == () and g.ran_out
         assert tok.decode(g.extra["answer_prompt_ids"]).endswith(
-            "<|im_start|>think\n\n<|im_start|>answer\nFinal Answer:"
+            "<|im_start|>think\n<|im_start|>answer\nFinal Answer:"
         )
     cot = r.sweep(SAMPLES, [5, 9], 0, protocol="cot")
     assert sorted({(g.budget, g.answer_tokens) for g in cot}) == [(5, 5), (9, 9)]

@@ -64,9 +64,37 @@ def test_jsonl_with_answer_idx_or_label_and_ten_options(tmp_path: Path) -> None:
     ]
 
 
+def test_gzipped_jsonl_and_a_truncated_one(tmp_path: Path) -> None:
+    import gzip
+
+    row = {"question": "Q?", "options": {"A": "a", "B": "b"}, "label": "B", "answer": "b"}
+    path = tmp_path / "hle.jsonl.gz"
+    path.write_bytes(gzip.compress((json.dumps(row) + "\n").encode()))
+    assert [s.answer_label for s in load_benchmark(BenchmarkConfig(name="hle", path=str(path)))] == ["B"]
+    path.write_bytes(path.read_bytes()[:-6])
+    with pytest.raises(BenchmarkError, match="not a complete gzip file"):
+        load_benchmark(BenchmarkConfig(name="hle", path=str(path)))
+
+
+def test_tensor_parallel_follows_the_replica_gpus() -> None:
+    from evaluation.config import EvalModel
+
+    assert EvalModel(name="m", model="x").vllm_kwargs() == {}
+    assert EvalModel(name="m", model="x", gpus_per_replica=1).vllm_kwargs() == {}
+    assert EvalModel(name="m", model="x", gpus_per_replica=4).vllm_kwargs() == {"tensor_parallel_size": 4}
+    pinned = EvalModel(name="m", model="x", gpus_per_replica=4, engine_kwargs={"tensor_parallel_size": 2})
+    assert pinned.vllm_kwargs() == {"tensor_parallel_size": 2}
+    with pytest.raises(ValueError, match="not a whole number"):
+        EvalModel(name="m", model="x", gpus_per_replica=1.5)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
+        (
+            {"question": "Q", "options": {"A": "a", "B": "b"}, "label": "A", "answer": "b"},
+            "disagrees",
+        ),
         (
             {"question": "", "options": {"A": "a", "B": "b"}, "answer_idx": "A"},
             "row 0: 'question' is missing",
@@ -97,6 +125,17 @@ def test_curation_formats_and_the_held_out_pubmedqa_half() -> None:
         load_benchmark(BenchmarkConfig(name="m", path=str(POOL / "medmcqa.parquet"), format="medmcqa"))
     with pytest.raises(BenchmarkError, match=r"medqa.jsonl: not UTF-8"):
         load_benchmark(BenchmarkConfig(name="m", path=str(POOL / "medqa.jsonl"), format="medqa"))
+
+
+def test_a_repeated_key_in_an_eval_config_names_file_and_line(tmp_path: Path) -> None:
+    from evaluation.config import load_eval_config
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("models:\n  - {name: m, model: x}\nbudgets: [64]\nbudgets: [128]\nbenchmarks: []\n")
+    with pytest.raises(ConfigError, match=r"eval.yaml:4: key 'budgets' appears twice.*first at line 3"):
+        load_eval_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_eval_config(tmp_path / "missing.yaml")
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
@@ -212,6 +251,9 @@ def test_grid_streams_cells_and_resumes(ray_local, tiny_model_dir: Path, tmp_pat
     out = capsys.readouterr().out
     assert "0 cells run, 16 already finished" in out
     assert "HuatuoGPT/m1 matcher" in out and "| tiny | bench0 | budget | 1 |" in out
+    # m1 eval writes the table and one accuracy-vs-budget plot per model into RUN/eval
+    assert "| tiny | bench0 | budget | 1 |" in (Path(run_dir) / "eval" / "accuracy.md").read_text()
+    assert (Path(run_dir) / "eval" / "accuracy-tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a budget the context cannot hold is a user error naming the question, raised from inside the actor
     from curation.errors import UserError
 
@@ -270,3 +312,23 @@ def test_resume_after_a_killed_run(ray_local, tiny_model_dir: Path, tmp_path: Pa
     # cells committed before the kill were kept as they were, not recomputed
     kept = {r["cell"]: r["finished_at"] for r in before.to_pylist()}
     assert all(r["finished_at"] == kept[r["cell"]] for r in after.to_pylist() if r["cell"] in kept)
+
+
+def test_the_m1_eval_preset_is_m1s_protocol() -> None:
+    """curation/configs/eval_m1.yaml: m1's benchmarks, budgets 128..8192 doubling plus 12,288 and 16,384,
+    answers up to 1,024 tokens, greedy, forcing 0 and 1."""
+    from evaluation.config import load_eval_config
+
+    cfg = load_eval_config(Path(__file__).resolve().parents[1] / "curation" / "configs" / "eval_m1.yaml")
+    assert cfg.budgets == [128 * 2**i for i in range(7)] + [12288, 16384]
+    assert cfg.markers.answer_max_tokens == 1024 and cfg.forcing == [0, 1] and cfg.temperature == 0
+    assert {b.source for b in cfg.benchmarks if b.format == "huatuo_json"} == {
+        "MedMCQA_validation",
+        "MedQA_USLME_test",
+        "PubMedQA_test",
+        "MMLU-Pro_Medical_test",
+        "GPQA_Medical_test",
+    }
+    assert len([b for b in cfg.benchmarks if b.format == "jsonl"]) == 5
+    big = next(m for m in cfg.models if m.name == "m1-32b-1k")
+    assert big.vllm_kwargs() == {"tensor_parallel_size": 2}
