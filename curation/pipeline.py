@@ -21,20 +21,18 @@ import os
 import platform
 import signal
 import socket
-import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from curation import __version__
 from curation.config import ConfigError, CurationConfig, redacted, stable_hash
 from curation.errors import RunConflictError, UserError
-from curation.jobenv import code_hash, job_id, portable_paths, submitted_commit
+from curation.jobenv import code_hash, git_commit, job_id, portable_paths, submitted_commit
 from curation.store.runstore import RunStore, TableVersion, utc_now
 
 
@@ -104,21 +102,6 @@ class Stage(ABC):
     def plan(self, ctx: StageContext) -> str:
         """What this stage would send and cost (dry runs); called instead of :meth:`run`."""
         return "free (runs locally after the stages before it)"
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, if it is one."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def check_ray_address(address: str, timeout_s: float) -> None:

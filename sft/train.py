@@ -46,13 +46,14 @@ class SFTError(UserError):
 
 
 # ---- worker side -------------------------------------------------------------------------------------
-def _stats_batches(shard: Any, cfg: SFTConfig, pad_id: int, skip: int) -> Any:
+def _stats_batches(shard: Any, cfg: SFTConfig, pad_id: int, skip: int, epoch: int = 0) -> Any:
     """Collated micro-batches from a Ray Data shard, epoch after epoch, forever: the run's length is
-    ``max_steps`` (the same on every worker, so no worker waits on another), not the data's."""
+    ``max_steps`` (the same on every worker, so no worker waits on another), not the data's. A resumed run
+    starts at its checkpoint's ``epoch`` (that epoch's shuffle seed) and skips the ``skip`` micro-batches of
+    it already trained."""
     from sft.format import Row, collate
 
     t = cfg.train
-    epoch = 0
     while True:
         batches = shard.iter_batches(
             batch_size=t.per_device_batch_size,
@@ -335,7 +336,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         registered = _step_of(Path(checkpoint.path) / HF_CHECKPOINT) if checkpoint is not None else -1
         if stored[-1][0] > registered:
             checkpoint = ray.train.Checkpoint(str(stored[-1][1].parent))
-    skip = 0
+    skip = epoch = 0
     # One local folder per attempt, the same for every rank of a node, so rank 0's checkpoint also holds
     # the other local ranks' RNG states (the barrier in ReportCheckpoint waits for their writes).
     start = _step_of(Path(checkpoint.path) / HF_CHECKPOINT) if checkpoint is not None else 0
@@ -345,6 +346,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             resume_dir = os.path.join(ckpt_dir, HF_CHECKPOINT)
             step = json.loads(Path(resume_dir, "trainer_state.json").read_text())["global_step"]
             skip = (step % plan.steps_per_epoch) * cfg.grad_accum
+            epoch = step // plan.steps_per_epoch
             if rank == 0:
                 print(f"[sft] resuming from step {step} ({resume_dir})", flush=True)
         shard = ray.train.get_dataset_shard("train")
@@ -352,7 +354,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model=model,
             args=_training_args(cfg, plan, output_dir),
             processing_class=tokenizer,
-            batches=lambda: _stats_batches(shard, cfg, pad_id, skip),
+            batches=lambda: _stats_batches(shard, cfg, pad_id, skip, epoch),
             callbacks=_callbacks(cfg, plan, config["paths"], rank, attempt),
         )
         # One compact progress line every 10 steps (MetricsWriter) instead of the Trainer's dict per step.
@@ -436,10 +438,13 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> SFT
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from curation.jobenv import check_run_dir
     from curation.store.runstore import RunStore
     from sft.metrics import commit_metrics, plot_loss
 
     started = time.perf_counter()
+    # The config's run_dir (resolved against the config's folder) must not land in a Ray job's working dir.
+    check_run_dir(cfg.run_dir, what="the SFT config's run_dir")
     store = RunStore(cfg.run_dir)
     if not store.is_local:
         raise SFTError(

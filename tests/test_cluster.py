@@ -327,3 +327,97 @@ def test_worker_raylet_killed_mid_ingest(
     assert killed["stages"]["ingest"]["rows_in"] == SYNTH_ROWS
     for name in clean["tables"]:
         assert table(run_dir, name).equals(table(clean_synth_run, name)), name
+
+
+# ---- m1 sft and m1 eval as jobs, the same way ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model on 'shared storage' (a path every node of this local cluster sees)."""
+    from curation.devtools.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("shared-model") / "tiny")
+
+
+def test_sft_as_a_job_with_the_packaged_config(
+    cluster: LocalCluster, shared_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`m1 sft` submitted like curate: the packaged demo config (resolved inside Ray's copy of the working
+    dir), run_dir and model on shared storage; a resubmission with --resume finds the finished run."""
+    from curation.store.runstore import RunStore
+    from sft.demo import synthetic_curated
+
+    run_dir = tmp_path_factory.mktemp("shared-sft") / "run"
+    store = RunStore(str(run_dir))
+    store.commit([store.write_table("curated", synthetic_curated(24, seed=3))])
+    args = (
+        "sft",
+        "curation/configs/sft_demo.yaml",
+        "--set",
+        f"run_dir={run_dir}",
+        "--set",
+        f"model.path={shared_model}",
+        "--set",
+        "train.max_steps=3",
+    )
+    job_id, out = submit(cluster, *args)
+    assert f"Job '{job_id}' succeeded" in out, out[-3000:]
+    assert "[sft] demo-tiny: 3 optimizer steps" in out
+    m = manifest(run_dir)
+    assert m["tables"]["sft_metrics"]["rows"] == 3
+    assert m["tables"]["sft_metrics"]["written_by"]["ray_job"] == job_id  # which job (and code) wrote it
+    assert re.fullmatch(r"[0-9a-f]{16}", m["tables"]["sft_metrics"]["written_by"]["code_hash"])
+    checkpoints = sorted(
+        (run_dir / "sft" / "demo-tiny" / "train").glob("checkpoint_*/checkpoint/model.safetensors")
+    )
+    assert checkpoints
+    # Relative to the job's working dir, the same run dir is refused before anything starts.
+    job_id, out = submit(cluster, *args[:3], "run_dir=runs/sft", *args[4:], flags=("--no-wait",))
+    info = wait_job(cluster, job_id)
+    assert info["status"] == "FAILED"
+    assert "lies inside the job's working dir" in job_logs(cluster, job_id)
+
+
+def test_eval_as_a_job_then_a_resubmission_keeps_every_cell(
+    cluster: LocalCluster, shared_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    shared = tmp_path_factory.mktemp("shared-eval")
+    config = shared / "eval.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "name": "tiny",
+                        "model": str(shared_model),
+                        "max_model_len": 1024,
+                        "dtype": "float32",
+                        "engine_kwargs": {"enforce_eager": True},
+                    }
+                ],
+                "benchmarks": [
+                    {
+                        "name": "pubmedqa-heldout",
+                        "path": str(REPO / "curation" / "sample_pool" / "pubmedqa.jsonl"),
+                        "format": "pubmedqa",
+                        "split": "test",
+                        "limit": 4,
+                    }
+                ],
+                "budgets": [8, 16],
+                "forcing": [0],
+                "markers": {"answer_max_tokens": 8},
+            }
+        )
+    )
+    run_dir = shared / "run"
+    job_id, out = submit(cluster, "eval", str(config), "--run-dir", str(run_dir))
+    assert f"Job '{job_id}' succeeded" in out, out[-3000:]
+    assert "2 cells run, 0 already finished" in out
+    scores = pq.read_table(run_dir / manifest(run_dir)["tables"]["eval_scores"]["path"])
+    assert sorted(scores.column("budget").to_pylist()) == [8, 16]
+    assert scores.column("samples").to_pylist() == [4, 4]
+    assert (run_dir / "eval" / "accuracy-tiny.png").is_file()
+    job_id, out = submit(cluster, "eval", str(config), "--run-dir", str(run_dir))
+    assert "0 cells run, 2 already finished" in out, out[-3000:]

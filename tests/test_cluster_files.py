@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -45,6 +46,23 @@ def check_entrypoint(command: str) -> None:
             names = [n for n, _ in PIPELINE]
             assert set(args.stages.split(",")) <= set(names), f"{command}: unknown stages"
         assert "://" in args.run_dir or os.path.isabs(args.run_dir), f"{command}: run dir must be shared"
+    if args.command in ("sft", "eval"):
+        config = args.config
+        if config.startswith(IMAGE_ROOT):
+            config = str(REPO / config.removeprefix(IMAGE_ROOT))
+        if args.command == "sft":
+            from sft.cli import _overrides
+            from sft.config import load_sft_config
+
+            cfg = load_sft_config(config, _overrides(args.set or []))
+            assert os.path.isabs(cfg.run_dir) and "/curation/" not in cfg.run_dir, (
+                f"{command}: the SFT run_dir must be set to shared storage"
+            )
+        else:
+            from evaluation.config import load_eval_config
+
+            load_eval_config(config)
+            assert "://" in args.run_dir or os.path.isabs(args.run_dir), f"{command}: run dir must be shared"
 
 
 def test_runtime_env_is_valid_for_ray() -> None:
@@ -71,9 +89,14 @@ def test_launcher_yaml_validates_against_ray_schema() -> None:
     assert any("install-node.sh cpu" in c for c in cfg["head_setup_commands"])
     assert any("start-node.sh head" in c for c in cfg["head_start_ray_commands"])
     assert any("start-node.sh worker $RAY_HEAD_IP:6379" in c for c in cfg["worker_start_ray_commands"])
-    # The checkout the setup commands install is the one file_mounts syncs.
+    # The checkout the setup commands install is the one file_mounts syncs, with the python the
+    # initialization commands install (the project needs >= 3.11; a stock image's python3 may be older).
     (mount,) = cfg["file_mounts"]
-    assert all(c.startswith(f"{mount}/cluster/") for c in cfg["head_setup_commands"])
+    (python,) = re.findall(
+        r"apt-get install [^&]*?\b(python3\.\d+)\b", " ".join(cfg["initialization_commands"])
+    )
+    setup = cfg["head_setup_commands"] + [c for t in gpu_groups.values() for c in t["worker_setup_commands"]]
+    assert all(c.startswith(f"PYTHON={python} {mount}/cluster/install-node.sh ") for c in setup)
 
 
 def _containers(group: dict[str, Any]) -> list[dict[str, Any]]:
@@ -196,7 +219,8 @@ def test_submit_script_builds_the_documented_command(tmp_path: Path) -> None:
 
 
 def test_documented_entrypoints_match_the_cli() -> None:
-    """Every `-- curate ...` or `python -m curation ...` line in cluster/ files parses with the current CLI."""
+    """Every `-- curate ...` or `python -m curation ...` line in cluster/ files (curate, sft and eval) parses with
+    the current CLI, and its config loads."""
     found = 0
     for path in sorted(CLUSTER.rglob("*")):
         if not path.is_file():
@@ -212,7 +236,7 @@ def test_documented_entrypoints_match_the_cli() -> None:
                         continue
                     check_entrypoint(command)
                     found += 1
-    assert found >= 4
+    assert found >= 6
 
 
 # ---- path rules inside a Ray job ---------------------------------------------------------------------
@@ -305,3 +329,46 @@ def test_curate_without_a_config_says_so(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert "no config given" in err and "`demo`" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_sft_config_run_dir_inside_the_job_is_refused(in_job: Path) -> None:
+    """`m1 sft` takes its run dir from the config, resolved against the config's folder: inside a job that is
+    Ray's temporary copy of the working dir, so it is refused before anything starts."""
+    from curation.jobenv import JobPathError
+    from sft.config import load_sft_config
+    from sft.train import run_sft
+
+    config = in_job / "sft.yaml"
+    config.write_text(
+        "name: x\nrun_dir: runs/m23k\ndata: {table: curated}\nmodel: {path: /nowhere/model}\n",
+        encoding="utf-8",
+    )
+    cfg = load_sft_config(config)
+    with pytest.raises(JobPathError, match="the SFT config's run_dir .* lies inside the job's working dir"):
+        run_sft(cfg)
+    assert not (in_job / "runs").exists()
+
+
+def test_eval_settings_hash_does_not_depend_on_where_the_job_unpacked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A resubmitted `m1 eval` keeps its finished cells: model and benchmark paths under the working dir are
+    hashed relative to it (their files by content)."""
+    from evaluation.config import BenchmarkConfig, EvalConfig, EvalModel
+    from evaluation.sweep import settings_hash
+
+    hashes = []
+    for upload in ("_ray_pkg_a", "_ray_pkg_b"):
+        pkg = tmp_path / upload
+        (pkg / "model").mkdir(parents=True)
+        (pkg / "model" / "model.safetensors").write_bytes(b"weights")
+        (pkg / "bench.jsonl").write_text('{"question": "Q", "options": {"A": "a", "B": "b"}, "label": "A"}\n')
+        monkeypatch.chdir(pkg)
+        monkeypatch.setenv(JOB_CONFIG_ENV, json.dumps({"runtime_env": {}, "metadata": {}}))
+        model = EvalModel(name="m", model=str(pkg / "model"))
+        bench = BenchmarkConfig(name="b", path=str(pkg / "bench.jsonl"))
+        cfg = EvalConfig(models=[model], benchmarks=[bench])
+        hashes.append(settings_hash(cfg, model, bench))
+    assert hashes[0] == hashes[1]
+    (pkg / "model" / "model.safetensors").write_bytes(b"other weights")  # other weights: another hash
+    assert settings_hash(cfg, model, bench) != hashes[0]

@@ -251,9 +251,18 @@ class RunStore:
 
     def commit(self, versions: Iterable[TableVersion], *, stage: dict[str, Any] | None = None) -> None:
         """Point the manifest at ``versions`` (and record ``stage``) in one atomic manifest write."""
+        from curation.jobenv import provenance
+
         tables = self.manifest.setdefault("tables", {})
+        written_by = provenance()  # `m1 sft` and `m1 eval` commit tables too: each says which code wrote it
         for v in versions:
-            tables[v.name] = {"path": v.path, "rows": v.rows, "schema": v.schema_tag, "written_at": utc_now()}
+            tables[v.name] = {
+                "path": v.path,
+                "rows": v.rows,
+                "schema": v.schema_tag,
+                "written_at": utc_now(),
+                "written_by": written_by,
+            }
         if stage is not None:
             self.manifest.setdefault("stages", {})[stage["name"]] = stage
         self.save_manifest()
