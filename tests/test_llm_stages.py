@@ -361,6 +361,34 @@ def test_m1_preset_dry_run_prints_the_rebuild_plan_and_cost(
     }
     for source in raw["sources"]:
         source["path"] = str(POOL / local[source["name"]])
+    # m1's decontamination list, by hub id; offline, two local stand-ins in the same formats.
+    assert [e["name"] for e in raw["decontaminate"]["eval_sets"]] == [
+        "medqa_test",
+        "medmcqa_validation",
+        "pubmedqa_test",
+        *(
+            f"mmlu_{s}"
+            for s in (
+                "anatomy",
+                "clinical_knowledge",
+                "college_biology",
+                "college_medicine",
+                "medical_genetics",
+                "professional_medicine",
+            )
+        ),
+        "gpqa_diamond",
+        "mmlu_pro_test",
+    ]
+    raw["decontaminate"]["eval_sets"] = [
+        {
+            "name": "pubmedqa_test",
+            "format": "pubmedqa",
+            "path": str(POOL / "pubmedqa.jsonl"),
+            "split": "test",
+        },
+        {"name": "medmcqa_validation", "format": "medmcqa", "path": str(POOL / "medmcqa.parquet")},
+    ]
     assert [s["engine"] for s in raw["score"]["scorers"]] == ["qwen7b", "qwen32b"]
     assert raw["teacher"] == {"engine": "teacher", "max_attempts": 1, "max_tokens": 8000}
     config = tmp_path / "m1-local.yaml"

@@ -82,6 +82,7 @@ def test_loss_decreases_metrics_and_curve(plain_run, curated_run: Path) -> None:
         r["tokens_per_s"] > 0 and r["examples"] == 4 and r["tokens"] > r["label_tokens"] > 0 for r in rows
     )
     assert all(0 < r["padding_share"] < 1 for r in rows)  # unpacked batches of 2 are padded
+    assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in rows)
     assert rows[0]["learning_rate"] == 0.0 and max(r["learning_rate"] for r in rows) == pytest.approx(1e-3)
     png = Path(plain_run.loss_png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -205,7 +206,8 @@ def test_fsdp_full_shard_on_cpu_writes_a_loadable_checkpoint(
     plain_run, curated_run: Path, tiny_model_dir: Path
 ) -> None:
     """The preset's FSDP (FSDP2 full shard, one unit per Qwen2DecoderLayer, full state dict) on 2 gloo workers:
-    same losses as DDP for the same data, and an HF checkpoint transformers loads."""
+    the wrap settings reach the Trainer, training runs with finite losses, and the full-state-dict HF checkpoint
+    loads in transformers. (Losses are not compared with DDP: Ray Data's split of rows to workers may differ.)"""
     import torch
     from transformers import AutoModelForCausalLM
 

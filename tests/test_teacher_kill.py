@@ -152,6 +152,11 @@ def test_kill_during_teacher_then_rerun(tmp_path: Path) -> None:
             proc.wait(timeout=60)
             kills += 1
             time.sleep(3.0)  # workers of a dead driver must stop on their own; let any stragglers show up
+        # What the ledger holds once every worker is gone, and how often the server had answered each id then.
+        from curation.engines.ledger import Ledger
+
+        in_ledger = {str(i) for i in Ledger(RunStore(str(run_dir), create=False).ledger_uri).answered_ids()}
+        answered_then = _stats(teacher_url)["attempts_by_request"]
         final = _curate(config, run_dir)
         out = final.communicate(timeout=600)[0].decode(errors="replace")
         assert final.returncode == 0, out[-3000:]
@@ -160,7 +165,12 @@ def test_kill_during_teacher_then_rerun(tmp_path: Path) -> None:
         successes = _stats(teacher_url)["successes_by_request"]
         repaid = sum(n - 1 for n in successes.values() if n > 1)
         assert repaid <= kills * CONCURRENCY, (repaid, in_flight_at_kill)
-        assert len(successes) == len(_stats(teacher_url)["attempts_by_request"])
+        attempts_now = _stats(teacher_url)["attempts_by_request"]
+        assert len(successes) == len(attempts_now)
+        # Zero re-sent answered requests: no id in the ledger at the time of the rerun reached the server again.
+        teacher_ids = in_ledger & set(answered_then)
+        assert teacher_ids, "the killed runs left teacher answers in the ledger"
+        assert {i: attempts_now[i] for i in teacher_ids} == {i: answered_then[i] for i in teacher_ids}
     finally:
         for proc in (scorer_proc, teacher_proc):
             if proc is not None:

@@ -265,6 +265,13 @@ def dedup_decisions(dataset: Any, opts: DedupOptions, *, log: Any = None) -> tup
             f"[{STAGE}] {n:,} rows: {details['exact_duplicates']:,} exact copies, {n_candidates:,} candidate "
             f"pairs, {len(pairs):,} verified, {details['near_duplicates']:,} near duplicates dropped"
         )
+        if capped:  # a bound on matches is what m1's dedup got wrong: never apply one silently
+            log(
+                f"[{STAGE}] WARNING: {capped:,} LSH bucket(s) held more than dedup.minhash.max_bucket="
+                f"{opts.minhash.max_bucket:,} rows; their members were paired only with each bucket's first "
+                f"{opts.minhash.max_bucket:,} rows, so some near duplicates may be missed: raise max_bucket, or "
+                "use more rows per band"
+            )
     return decisions, details
 
 
