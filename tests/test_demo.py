@@ -77,8 +77,12 @@ def test_demo_dry_run_sends_nothing(tmp_path):
     run_dir = str(tmp_path / "demo")
     out = m1("demo", "--run-dir", run_dir, "--dry-run")
     assert out.returncode == 0, out.stderr[-3000:]
+    # Two scorers, one sample each, over the candidates that dedup and decontamination leave.
+    n = RunStore(run_dir, create=False).tables()["candidates"]["rows"]
+    assert 0 < n < 311
     assert (
-        "[score] dry run: tiny-greedy, tiny-sampled on engine tiny: 622 requests, 622 to send" in out.stdout
+        f"[score] dry run: tiny-greedy, tiny-sampled on engine tiny: {2 * n} requests, {2 * n} to send"
+        in out.stdout
     )
     assert "[teacher] dry run: " in out.stdout and "assuming m1's hard share" in out.stdout
     assert "expected $" in out.stdout

@@ -284,7 +284,9 @@ def test_lineage_accounts_for_every_pool_question_and_export_round_trips(
         ).fetchall()
     )
     assert sum(lineage.values()) == n  # one row per pool question, nothing lost or counted twice
-    assert lineage[("kept", "curated", "")] == records["curate"]["rows_out"]
+    # No eval set is configured here, so m23k (the run's last table) keeps every curated row.
+    assert records["m23k"]["rows_out"] == records["curate"]["rows_out"]
+    assert lineage[("kept", "m23k", "")] == records["m23k"]["rows_out"]
     assert lineage.get(("dropped", "score", "easy"), 0) == records["score"]["rejected_by_reason"].get(
         "easy", 0
     )
@@ -396,7 +398,9 @@ def test_m1_preset_dry_run_prints_the_rebuild_plan_and_cost(
     run_dir = tmp_path / "run"
     assert m1_main(["curate", str(config), "--run-dir", str(run_dir), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    n = table(run_dir, "questions").num_rows
+    # The free stages ran (dedup, decontamination): scoring would get their candidates, one request each.
+    n = table(run_dir, "candidates").num_rows
+    assert 0 < n < table(run_dir, "questions").num_rows
     assert f"[score] dry run: qwen7b on engine qwen7b: {n:,} requests, {n:,} to send" in out
     assert f"qwen32b on engine qwen32b: {n:,} requests" in out
     assert "[teacher] dry run: ~" in out and "up to 1 attempt(s) each; expected $" in out
