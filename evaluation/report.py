@@ -41,7 +41,8 @@ SQL: dict[str, str] = {
         "GROUP BY domain_code, domain_name ORDER BY questions DESC"
     ),
     "reasoning": (
-        "SELECT source, completion_tokens FROM traces\nWHERE accepted AND completion_tokens IS NOT NULL"
+        "SELECT source, len(string_split(trim(reasoning), ' ')) AS reasoning_words FROM {table}\n"
+        "WHERE reasoning IS NOT NULL AND trim(reasoning) <> ''"
     ),
     "teacher": (
         "SELECT model, count(*) AS attempts, sum(accepted::INT) AS accepted, sum(prompt_tokens) AS prompt_tokens,\n"
@@ -188,6 +189,25 @@ def _hist(values: list[float], title: str, xlabel: str) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     ax.hist(values, bins=min(40, max(5, len(values) // 5)), color="#4472c4")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("rows")
+    return _png(fig)
+
+
+def _hist_by(groups: dict[str, list[float]], title: str, xlabel: str) -> bytes:
+    """One outlined histogram per group on shared bins (the groups' shapes compare at a glance)."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    every = [v for values in groups.values() for v in values]
+    bins = np.histogram_bin_edges(every, bins=min(40, max(5, len(every) // 5)))
+    for name in sorted(groups, key=lambda g: -len(groups[g])):
+        ax.hist(
+            groups[name], bins=bins, histtype="step", linewidth=1.4, label=f"{name} ({len(groups[name])})"
+        )
+    ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("rows")
@@ -355,18 +375,23 @@ def build_report(run_dir: str, *, title: str | None = None, banner: str | None =
             page.note(f"no `{view}` table in this run ({label})")
 
     page.heading("Reasoning length")
-    if _has(con, "traces"):
-        _, rows = _rows(con, SQL["reasoning"])
+    final = next((t for t in ("m23k", "curated") if _has(con, t)), None)
+    if final is not None:
+        query = SQL["reasoning"].format(table=final)
+        _, rows = _rows(con, query)
         if rows:
+            by_source: dict[str, list[float]] = {}
+            for source, words in rows:
+                by_source.setdefault(source, []).append(words)
             page.image(
-                _hist([r[1] for r in rows], "accepted teacher traces: completion tokens", "tokens"),
+                _hist_by(by_source, f"{final}: teacher reasoning length per source", "words of reasoning"),
                 "reasoning length",
             )
         else:
-            page.note("no accepted traces with token counts")
-        page.sql(SQL["reasoning"], run_dir)
+            page.note(f"no reasoning in `{final}`")
+        page.sql(query, run_dir)
     else:
-        page.note("no `traces` table in this run")
+        page.note("no `m23k` or `curated` table in this run")
     if _has(con, "eval_responses"):
         q = "SELECT model, budget, thinking_tokens FROM eval_responses WHERE protocol = 'budget'"
         _, rows = _rows(con, q)

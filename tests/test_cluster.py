@@ -360,6 +360,9 @@ def test_sft_as_a_job_with_the_packaged_config(
         f"model.path={shared_model}",
         "--set",
         "train.max_steps=3",
+        # Two 1-CPU nodes: Ray Data's tokenizing tasks need a whole CPU beside the two training workers.
+        "--set",
+        "resources.cpus_per_worker=0.25",
     )
     job_id, out = submit(cluster, *args)
     assert f"Job '{job_id}' succeeded" in out, out[-3000:]
@@ -376,7 +379,11 @@ def test_sft_as_a_job_with_the_packaged_config(
     job_id, out = submit(cluster, *args[:3], "run_dir=runs/sft", *args[4:], flags=("--no-wait",))
     info = wait_job(cluster, job_id)
     assert info["status"] == "FAILED"
-    assert "lies inside the job's working dir" in job_logs(cluster, job_id)
+    logs = job_logs(cluster, job_id)
+    assert re.search(
+        r"the SFT config's run_dir '[^']*' (is relative|lies inside the job's working dir)", logs
+    ), logs[-2000:]
+    assert "shared filesystem" in logs and not (run_dir.parent / "runs").exists()
 
 
 def test_eval_as_a_job_then_a_resubmission_keeps_every_cell(

@@ -108,6 +108,15 @@ def run_dir(tmp_path: Path) -> str:
                 prompt_tokens=120,
             ),
         ),
+        store.write_table(
+            "curated",
+            _rows(
+                "curated",
+                20,
+                source=lambda i: sources[i % 4],
+                reasoning=lambda i: " ".join(["step"] * (50 + 40 * i)),
+            ),
+        ),
     ]
     store.commit(
         versions,
@@ -172,14 +181,15 @@ def test_report_html_is_self_contained(run_dir: str) -> None:
         assert heading in text
     assert "TINY-MODEL DEMONSTRATION" in text
     images = [a for t, a in parsed.tags if t == "img"]
-    # sources, reasoning, eval thinking, SFT loss, two accuracy plots
-    assert len(images) == 6
+    # pool sources, curated sources, reasoning per source, eval thinking, SFT loss, two accuracy plots
+    assert len(images) == 7
     assert all((a["src"] or "").startswith("data:image/png;base64,") for a in images)
     assert not [a for t, a in parsed.tags if t in ("script", "link")]  # nothing loaded from anywhere
     assert SQL["funnel"] in page.replace("&#x27;", "'") or "FROM stages" in page
     assert page.count("SQL behind this figure") >= 8
     assert "no `labels` table in this run" in text  # absent tables are said, not hidden
     assert "bad_utf8" in text and "deepseek-reasoner" in text
+    assert "string_split(trim(reasoning)" in page and "FROM curated" in page  # reasoning words, per source
 
 
 def test_report_cli(run_dir: str, tmp_path: Path) -> None:
@@ -241,7 +251,7 @@ def test_report_renders_in_headless_chromium(run_dir: str, tmp_path: Path) -> No
         text=True,
         timeout=120,
     ).stdout
-    assert dom.count("<img") == 6 and "Accuracy versus thinking budget" in dom
+    assert dom.count("<img") == 7 and "Accuracy versus thinking budget" in dom
 
 
 @pytest.mark.skipif(

@@ -210,15 +210,8 @@ def stream_requests(
     _last_run_totals.clear()
     _last_run_totals.update(totals)
     if progress:
-        line = (
-            f"m1 {_engine_label(engine)}: {rows:,} requests: {cached:,} from the ledger, {rows - cached - failed:,} "
-            f"answered, {failed:,} failed, {totals['wall_s']:.1f} s"
-        )
-        if totals.get("cost_usd"):
-            line += f", ${totals['cost_usd']:,.4f}"
-        if failed:
-            line += "; failed rows carry `error` and are retried by a rerun"
-        print(line, file=sys.stderr)
+        counts = f"{rows:,} requests: {cached:,} from the ledger, {rows - cached - failed:,} answered"
+        print(_summary_line(engine, counts, totals), file=sys.stderr)
     return totals
 
 
@@ -425,12 +418,17 @@ def _engine_label(engine: Any) -> str:
 
 
 def _summary(n_rows: int, n_cached: int, plan: RequestPlan, totals: dict[str, Any], engine: Any) -> str:
-    failed = int(totals.get("failed", 0))
-    line = (
-        f"m1 {_engine_label(engine)}: {n_rows:,} requests: {n_cached:,} from the ledger, "
-        f"{plan.send.num_rows:,} sent ({plan.extra_pairs.num_rows:,} duplicate rows fanned back), "
-        f"{failed:,} failed, {totals.get('wall_s', 0):.1f} s"
+    counts = (
+        f"{n_rows:,} requests: {n_cached:,} from the ledger, {plan.send.num_rows:,} sent "
+        f"({plan.extra_pairs.num_rows:,} duplicate rows fanned back)"
     )
+    return _summary_line(engine, counts, totals)
+
+
+def _summary_line(engine: Any, counts: str, totals: dict[str, Any]) -> str:
+    """The closing line of a run: its counts, failures, wall time, cost, and what a rerun does."""
+    failed = int(totals.get("failed", 0))
+    line = f"m1 {_engine_label(engine)}: {counts}, {failed:,} failed, {totals.get('wall_s', 0):.1f} s"
     if totals.get("cost_usd"):
         line += f", ${totals['cost_usd']:,.4f}"
     if failed:
