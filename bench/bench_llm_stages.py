@@ -108,7 +108,8 @@ def bench_score(args: argparse.Namespace) -> None:
                 "score": {"scorers": [{"name": "s", "engine": "s", "max_tokens": args.max_tokens}]},
             }
         )
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        if not ray.is_initialized():  # prepare_run's ingest may have started it
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         stage = ScoreStage()
         label, engine, requests = next(stage.requests_per_engine(cfg, store))
         # Warm-up (actor start, vLLM load, server JIT) on a slice, so neither side pays it.

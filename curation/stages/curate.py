@@ -17,7 +17,7 @@ import pyarrow as pa
 from curation.config import CurationConfig
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules.traces import sft_text
-from curation.stages.llm import question_source_table
+from curation.stages.llm import bounded_duckdb, question_source_table
 
 STAGE = "curate"
 
@@ -61,10 +61,9 @@ class CurateStage(Stage):
         return {}
 
     def run(self, ctx: StageContext) -> StageResult:
-        import duckdb
 
         store = ctx.store
-        con = duckdb.connect()
+        con = bounded_duckdb(store, "curate")
         source = store.dataset(question_source_table(store))
         if "pool_index" in source.schema.names:  # dedup/decontaminate's candidates carry it
             con.register("q", source)

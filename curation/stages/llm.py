@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import pyarrow as pa
@@ -90,3 +91,17 @@ def write_rows(store: Any, rel: str, batches: Any) -> int:
         if writer is not None:
             writer.close()
     return rows
+
+
+# What a stage's own DuckDB joins may hold in memory before they spill to disk: the joins of the LLM stages sort
+# every response of the pool, and DuckDB's default (80% of RAM, kept once used) grows the driver with the pool.
+STAGE_DUCKDB_MEMORY = "256MB"
+
+
+def bounded_duckdb(store: Any, purpose: str) -> Any:
+    """A DuckDB connection whose memory is capped, spilling to the run's scratch space (removed with it; a
+    local temporary folder for remote runs)."""
+    import duckdb
+
+    spill = store.path(store.scratch_dir(f"{purpose}-duckdb")) if store.is_local else tempfile.mkdtemp()
+    return duckdb.connect(config={"memory_limit": STAGE_DUCKDB_MEMORY, "temp_directory": spill})

@@ -24,6 +24,7 @@ from curation.config import CurationConfig
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules.difficulty import Tally, decide, judge_score, pass_rates_json
 from curation.stages.llm import (
+    bounded_duckdb,
     chat_messages,
     engine_for,
     iter_question_batches,
@@ -200,7 +201,6 @@ class ScoreStage(Stage):
         }
 
     def run(self, ctx: StageContext) -> StageResult:
-        import duckdb
 
         from curation.engines import stream_requests
 
@@ -228,7 +228,7 @@ class ScoreStage(Stage):
                 filesystem=store.fs,
             )
 
-        con = duckdb.connect()
+        con = bounded_duckdb(store, "score")
         con.register("q", store.dataset(question_source_table(store)))
         response_files = store.dataset_at(scratch)
         if response_files.files:

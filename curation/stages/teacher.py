@@ -26,6 +26,7 @@ from curation.config import CurationConfig
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules.traces import judge_attempt, split_reasoning
 from curation.stages.llm import (
+    bounded_duckdb,
     chat_messages,
     engine_for,
     options_of,
@@ -172,14 +173,13 @@ class TeacherStage(Stage):
         return cfg.teacher.engine is not None
 
     def plan(self, ctx: StageContext) -> str:
-        import duckdb
 
         from curation.engines import run_requests
 
         cfg, store = ctx.config, ctx.store
         assert cfg.teacher.engine is not None
         engine, model = engine_for(cfg, cfg.teacher.engine, cfg.teacher.model, where="teacher")
-        con = duckdb.connect()
+        con = bounded_duckdb(store, "teacher")
         con.register("q", store.dataset(question_source_table(store)))
         if store.has_table("difficulty"):
             con.register("difficulty", store.dataset("difficulty"))
@@ -215,7 +215,6 @@ class TeacherStage(Stage):
         }
 
     def run(self, ctx: StageContext) -> StageResult:
-        import duckdb
 
         cfg, store = ctx.config, ctx.store
         options = cfg.teacher
@@ -224,7 +223,7 @@ class TeacherStage(Stage):
         source_table = question_source_table(store)
         if not store.has_table("difficulty"):
             raise RuntimeError("teacher: the run has no `difficulty` table; configure `score:` scorers first")
-        con = duckdb.connect()
+        con = bounded_duckdb(store, "teacher")
         con.register("q", store.dataset(source_table))
         con.register("difficulty", store.dataset("difficulty"))
         hard = con.execute("SELECT count(*) FROM difficulty WHERE decision = 'hard'").fetchall()[0][0]
