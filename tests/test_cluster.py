@@ -340,8 +340,16 @@ def shared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("shared-model") / "tiny")
 
 
+@pytest.fixture(scope="module")
+def training_cluster():
+    """Two nodes of 2 logical CPUs: Ray Train's workers plus Ray Data's read and tokenizing tasks (1 CPU each)
+    do not fit two 1-CPU nodes; there the job waits forever for resources ("Cluster resources are not enough")."""
+    with LocalCluster(workers=1, cpus=2) as c:
+        yield c
+
+
 def test_sft_as_a_job_with_the_packaged_config(
-    cluster: LocalCluster, shared_model: Path, tmp_path_factory: pytest.TempPathFactory
+    training_cluster: LocalCluster, shared_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """`m1 sft` submitted like curate: the packaged demo config (resolved inside Ray's copy of the working
     dir), run_dir and model on shared storage; a resubmission with --resume finds the finished run."""
@@ -360,11 +368,8 @@ def test_sft_as_a_job_with_the_packaged_config(
         f"model.path={shared_model}",
         "--set",
         "train.max_steps=3",
-        # Two 1-CPU nodes: Ray Data's tokenizing tasks need a whole CPU beside the two training workers.
-        "--set",
-        "resources.cpus_per_worker=0.25",
     )
-    job_id, out = submit(cluster, *args)
+    job_id, out = submit(training_cluster, *args)
     assert f"Job '{job_id}' succeeded" in out, out[-3000:]
     assert "[sft] demo-tiny: 3 optimizer steps" in out
     m = manifest(run_dir)
@@ -376,10 +381,10 @@ def test_sft_as_a_job_with_the_packaged_config(
     )
     assert checkpoints
     # Relative to the job's working dir, the same run dir is refused before anything starts.
-    job_id, out = submit(cluster, *args[:3], "run_dir=runs/sft", *args[4:], flags=("--no-wait",))
-    info = wait_job(cluster, job_id)
+    job_id, out = submit(training_cluster, *args[:3], "run_dir=runs/sft", *args[4:], flags=("--no-wait",))
+    info = wait_job(training_cluster, job_id)
     assert info["status"] == "FAILED"
-    logs = job_logs(cluster, job_id)
+    logs = job_logs(training_cluster, job_id)
     assert re.search(
         r"the SFT config's run_dir '[^']*' (is relative|lies inside the job's working dir)", logs
     ), logs[-2000:]
