@@ -28,7 +28,8 @@ lint: setup
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
+	    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; } \
+	      || echo "Chromium could not be installed: the report's browser test will be skipped (under CI it fails)"; \
 	  else echo "Chromium not found: the report's browser test will be skipped (Debian: sudo apt-get install chromium)"; fi
 
 test: lint browser
