@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from curation import __version__
 from curation.config import ConfigError, CurationConfig, redacted, stable_hash
 from curation.errors import RunConflictError, UserError
-from curation.jobenv import code_hash, git_commit, job_id, portable_paths, submitted_commit
+from curation.jobenv import portable_paths, provenance
 from curation.store.runstore import RunStore, TableVersion, utc_now
 
 
@@ -411,9 +411,7 @@ def run_stages(
         manifest["config"] = redacted(cfg)
         manifest["config_hash"] = config_hash(cfg)
         manifest["package_version"] = __version__
-        manifest["git_commit"] = git_commit() or submitted_commit()
-        manifest["code_hash"] = code_hash()  # which code ran, also where there is no .git (a Ray job)
-        manifest["ray_job"] = job_id()
+        manifest.update(provenance())  # git_commit, code_hash, ray_job: which code ran, also in a Ray job
         manifest["host"] = platform.node()
         manifest.setdefault("stages", {})[stage.name] = record
         # Input file hashes, run-wide: what data the committed stages were made from (no stale entries).

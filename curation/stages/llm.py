@@ -94,7 +94,8 @@ def write_rows(store: Any, rel: str, batches: Any) -> int:
 
 
 # What a stage's own DuckDB joins may hold in memory before they spill to disk: the joins of the LLM stages sort
-# every response of the pool, and DuckDB's default (80% of RAM, kept once used) grows the driver with the pool.
+# every response of the pool, and DuckDB's default is 80% of RAM. (Measured: this cap did not change the teacher
+# stage's driver peak, see BENCHMARKS.md; it bounds DuckDB's share, not the rest of the driver.)
 STAGE_DUCKDB_MEMORY = "256MB"
 
 

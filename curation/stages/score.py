@@ -201,7 +201,6 @@ class ScoreStage(Stage):
         }
 
     def run(self, ctx: StageContext) -> StageResult:
-
         from curation.engines import stream_requests
 
         cfg, store = ctx.config, ctx.store

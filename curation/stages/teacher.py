@@ -173,7 +173,6 @@ class TeacherStage(Stage):
         return cfg.teacher.engine is not None
 
     def plan(self, ctx: StageContext) -> str:
-
         from curation.engines import run_requests
 
         cfg, store = ctx.config, ctx.store
@@ -215,7 +214,6 @@ class TeacherStage(Stage):
         }
 
     def run(self, ctx: StageContext) -> StageResult:
-
         cfg, store = ctx.config, ctx.store
         options = cfg.teacher
         assert options.engine is not None
