@@ -12,7 +12,8 @@ import pytest
 
 from curation.config import CurationConfig, DecontaminateOptions, IngestOptions, SourceConfig
 from curation.pipeline import StageContext
-from curation.rules.decontam import build_index, find_matches
+from curation.rules import minhash as mh
+from curation.rules.decontam import best_ngram_overlap, build_index, find_matches
 from curation.stages.decontaminate import DecontaminateStage
 from curation.stages.dedup import DedupStage
 from curation.stages.ingest import ingest_in_process
@@ -107,6 +108,35 @@ def test_question_only_match_needs_min_words(eval_and_pool: tuple[pa.Table, pa.T
     m = find_matches(pool, [build_index("e", ev, opts)], opts)
     assert 0 in m.row.tolist()  # question + sorted options still matches the reordered copy
     assert "question_options" in m.method[m.row.tolist().index(0)]
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.3, 0.5, 1.0])
+def test_best_ngram_overlap_equals_a_literal_set_count(overlap: float) -> None:
+    """The n-gram kernel against plain Python sets: per pool text the eval text sharing the largest share of its
+    n-grams (ties: the lowest eval row), kept at share >= overlap and > 0; question-only rows may be masked."""
+    rng = np.random.default_rng(3)
+    vocab = [f"w{i}" for i in range(4)]  # a small vocabulary: many texts share 3-grams, ties are common
+    pool = [" ".join(rng.choice(vocab, int(rng.integers(0, 9)))) for _ in range(300)]
+    evals = [" ".join(rng.choice(vocab, int(rng.integers(1, 9)))) for _ in range(40)]
+    h = mh.MinHasher("word", 3)
+    ps, es = h.shingle_sets(pool), h.shingle_sets(evals)
+    e_sets = [set(es.values[es.offsets[i] : es.offsets[i] + es.sizes[i]].tolist()) for i in range(len(evals))]
+    rows = np.repeat(np.arange(len(evals)), es.sizes)
+    vals = np.concatenate([es.values[es.offsets[i] : es.offsets[i] + es.sizes[i]] for i in range(len(evals))])
+    order = np.argsort(vals, kind="stable")
+    ok = rng.random(len(pool)) < 0.8
+    got = best_ngram_overlap(ps, vals[order], rows[order], n_eval=len(evals), rows_ok=ok, overlap=overlap)
+    want: list[tuple[int, int, float]] = []
+    for d in range(len(pool)):
+        mine = set(ps.values[ps.offsets[d] : ps.offsets[d] + ps.sizes[d]].tolist())
+        if not ok[d] or not mine:
+            continue
+        shared = [len(mine & e) for e in e_sets]
+        top = max(shared)
+        if top and top / len(mine) >= overlap:
+            want.append((d, shared.index(top), top / len(mine)))
+    assert len(want) > 20  # the case is not vacuous
+    assert list(zip(got[0].tolist(), got[1].tolist(), got[2].tolist(), strict=True)) == want
 
 
 def _demo_cfg(**decon: object) -> CurationConfig:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -99,6 +100,78 @@ def build_index(name: str, questions: pa.Table, opts: DecontaminateOptions) -> E
     return index
 
 
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _best_overlap(values, offsets, sizes, rows_ok, hay, owners, n_eval, overlap, best_row, best_shared):  # noqa: ANN001, ANN202
+    """Per pool text: the eval text sharing the most n-grams with it (ties: the lowest eval row), if the shared
+    share of the pool text's n-grams reaches ``overlap``; -1 otherwise. Counts per eval row in a scratch array
+    per block of pool texts, so no (pool row, eval row) pair list is ever built."""
+    n = len(sizes)
+    blocks = min(n, 256)
+    for blk in numba.prange(blocks):
+        d0, d1 = blk * n // blocks, (blk + 1) * n // blocks
+        counts = np.zeros(n_eval, np.int64)
+        touched = np.empty(n_eval, np.int64)
+        for d in range(d0, d1):
+            best_row[d] = -1
+            best_shared[d] = 0
+            if not rows_ok[d] or sizes[d] == 0:
+                continue
+            nt = 0
+            for t in range(offsets[d], offsets[d] + sizes[d]):
+                v = values[t]
+                j = np.searchsorted(hay, v)
+                while j < len(hay) and hay[j] == v:
+                    e = owners[j]
+                    if counts[e] == 0:
+                        touched[nt] = e
+                        nt += 1
+                    counts[e] += 1
+                    j += 1
+            top, top_row = 0, -1
+            for i in range(nt):
+                e = touched[i]
+                c = counts[e]
+                if c > top or (c == top and e < top_row):
+                    top, top_row = c, e
+                counts[e] = 0
+            if top > 0 and top / sizes[d] >= overlap:
+                best_row[d] = top_row
+                best_shared[d] = top
+
+
+def best_ngram_overlap(
+    sets: mh.ShingleSets,
+    eval_values: np.ndarray,
+    eval_rows: np.ndarray,
+    *,
+    n_eval: int,
+    rows_ok: np.ndarray | None,
+    overlap: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pool rows, eval rows, shared share) of the n-gram matches: for every pool text (where ``rows_ok``) the
+    eval text holding the largest share of its n-grams, kept when that share is at least ``overlap`` (and
+    above 0). ``eval_values`` are the eval side's n-gram hashes sorted, ``eval_rows`` their owners."""
+    n = len(sets.sizes)
+    ok = np.ones(n, dtype=np.bool_) if rows_ok is None else np.ascontiguousarray(rows_ok, dtype=np.bool_)
+    best_row = np.empty(n, np.int64)
+    best_shared = np.empty(n, np.int64)
+    if n:
+        _best_overlap(
+            sets.values,
+            sets.offsets,
+            sets.sizes,
+            ok,
+            np.ascontiguousarray(eval_values),
+            np.ascontiguousarray(eval_rows, dtype=np.int64),
+            n_eval,
+            float(overlap),
+            best_row,
+            best_shared,
+        )
+    hit = np.flatnonzero(best_row >= 0)
+    return hit, best_row[hit], best_shared[hit] / np.maximum(sets.sizes[hit], 1)
+
+
 @dataclass
 class Matches:
     """Matches of a batch of pool rows (``row`` indexes the batch), one per (row, eval set)."""
@@ -113,7 +186,6 @@ class Matches:
 def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOptions) -> Matches:
     """Matches of the rows of ``pool`` (a questions-shaped table) against every eval set."""
     texts = texts_of(pool)
-    n = pool.num_rows
     words = mh.word_counts(texts["question"])
     q_valid = words >= opts.min_question_words
     found: list[
@@ -143,32 +215,16 @@ def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOp
             side = index.sides[kind]
             if side.ngram_values is None or not len(side.ngram_values):
                 continue
-            rows = np.repeat(np.arange(n), sets.sizes)
-            idx = np.repeat(sets.offsets[:-1], sets.sizes) + (
-                np.arange(int(sets.sizes.sum())) - np.repeat(np.cumsum(sets.sizes) - sets.sizes, sets.sizes)
+            pr, er, share = best_ngram_overlap(
+                sets,
+                side.ngram_values,
+                side.ngram_rows,
+                n_eval=len(index.refs),
+                rows_ok=q_valid if kind == "question" else None,
+                overlap=opts.ngram_overlap,
             )
-            values = sets.values[idx]
-            order = np.argsort(
-                values
-            )  # sorted needles: searchsorted walks the haystack in order (cache friendly)
-            values, rows = values[order], rows[order]
-            lo = np.searchsorted(side.ngram_values, values, side="left")
-            hi = np.searchsorted(side.ngram_values, values, side="right")
-            if kind == "question":
-                hi = np.where(q_valid[rows], hi, lo)
-            reps = hi - lo
-            if not reps.any():
-                continue
-            # Every (pool row, eval row) sharing an n-gram, and the share of the pool text's n-grams they share.
-            within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-            owners = side.ngram_rows[np.repeat(lo, reps) + within]
-            n_eval = len(index.refs)
-            uk, shared = np.unique(np.repeat(rows, reps) * n_eval + owners, return_counts=True)
-            pr, er = uk // n_eval, uk % n_eval
-            share = shared / np.maximum(sets.sizes[pr], 1)
-            ok = share >= opts.ngram_overlap
-            if ok.any():
-                found.append((pr[ok], s, er[ok], 0, f"ngram{opts.ngram}_{kind}", share[ok]))
+            if len(pr):
+                found.append((pr, s, er, 0, f"ngram{opts.ngram}_{kind}", share))
         for kind, (bands, kind_texts, valid) in mh_state.items():
             side = index.sides[kind]
             pairs = mh.cross_pairs(bands, side.mh_bands, left_valid=valid, right_valid=side.valid)
