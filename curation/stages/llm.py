@@ -105,4 +105,12 @@ def bounded_duckdb(store: Any, purpose: str) -> Any:
     import duckdb
 
     spill = store.path(store.scratch_dir(f"{purpose}-duckdb")) if store.is_local else tempfile.mkdtemp()
-    return duckdb.connect(config={"memory_limit": STAGE_DUCKDB_MEMORY, "temp_directory": spill})
+    # preserve_insertion_order off: results stream out as pipelines produce them instead of being buffered to
+    # keep the input's order (the stages say ORDER BY where order matters).
+    return duckdb.connect(
+        config={
+            "memory_limit": STAGE_DUCKDB_MEMORY,
+            "temp_directory": spill,
+            "preserve_insertion_order": False,
+        }
+    )

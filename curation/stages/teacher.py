@@ -38,9 +38,13 @@ from curation.stages.llm import (
 STAGE = "teacher"
 KEY_SEP = "|"
 
+# Neither join sorts: a sort would hold every prompt or response of the pool on the driver (DuckDB buffers it,
+# up to its cap, before the first row comes out). The build side of each hash join is the narrow one (the hard
+# questions' keys; the questions' options and key), so the driver's memory stays flat as the pool grows.
+# `traces` rows are therefore in no particular order; `curated` and `m23k` are sorted by pool_index.
 _HARD_SQL = """
-SELECT q.source, q.qid, q.prompt FROM q JOIN difficulty d USING (source, qid)
-WHERE d.decision = 'hard' ORDER BY q.source, q.qid
+SELECT q.source, q.qid, q.prompt
+FROM q JOIN (SELECT source, qid FROM difficulty WHERE decision = 'hard') d USING (source, qid)
 """
 
 _JOIN_SQL = """
@@ -50,8 +54,7 @@ FROM (
     SELECT *, split_part(key, '|', 1) AS source, split_part(key, '|', 2) AS qid,
            CAST(split_part(key, '|', 3) AS INTEGER) AS attempt
     FROM responses
-) r JOIN q USING (source, qid)
-ORDER BY q.source, q.qid
+) r JOIN (SELECT source, qid, options, answer_label FROM q) q USING (source, qid)
 """
 
 
