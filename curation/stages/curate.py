@@ -17,7 +17,7 @@ import pyarrow as pa
 from curation.config import CurationConfig
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules.traces import sft_text
-from curation.stages.llm import bounded_duckdb, question_source_table
+from curation.stages.llm import attach, bounded_duckdb, question_source_table
 
 STAGE = "curate"
 
@@ -66,14 +66,14 @@ class CurateStage(Stage):
         con = bounded_duckdb(store, "curate")
         source = store.dataset(question_source_table(store))
         if "pool_index" in source.schema.names:  # dedup/decontaminate's candidates carry it
-            con.register("q", source)
+            attach(con, "q", source)
         else:  # no dedup: the questions table is the pool, in pool order (sources in config order, file order)
             keys = source.to_table(columns=["source", "qid"])
             keys = keys.append_column("pool_index", pa.array(np.arange(keys.num_rows, dtype=np.int64)))
-            con.register("questions", source)
-            con.register("pool", keys)
+            attach(con, "questions", source)
+            attach(con, "pool", keys)
             con.execute("CREATE VIEW q AS SELECT * FROM questions JOIN pool USING (source, qid)")
-        con.register("traces", store.dataset("traces"))
+        attach(con, "traces", store.dataset("traces"))
 
         validated = con.execute("SELECT count(DISTINCT (source, qid)) FROM traces WHERE accepted").fetchall()[
             0

@@ -114,3 +114,26 @@ def bounded_duckdb(store: Any, purpose: str) -> Any:
             "preserve_insertion_order": False,
         }
     )
+
+
+def attach(con: Any, name: str, data: Any) -> None:
+    """Make ``data`` (a pyarrow dataset of the run, or an Arrow table) the view ``name`` of ``con``.
+
+    Local Parquet goes through DuckDB's own reader, which reads a row group at a time within the connection's
+    memory cap; a registered pyarrow dataset would be scanned in batches of up to a million rows with
+    read-ahead, which holds a whole pool's prompts on the driver. Remote files and in-memory tables are
+    registered as they are."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    if (
+        isinstance(data, pads.FileSystemDataset)
+        and isinstance(data.filesystem, pafs.LocalFileSystem)
+        and data.files
+    ):
+        files = ", ".join("'" + f.replace("'", "''") + "'" for f in data.files)
+        con.unregister(name)  # a name attached before as a registered table (no-op otherwise)
+        con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet([{files}])')
+    else:
+        con.execute(f'DROP VIEW IF EXISTS "{name}"')
+        con.register(name, data)

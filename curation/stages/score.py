@@ -24,6 +24,7 @@ from curation.config import CurationConfig
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules.difficulty import Tally, decide, judge_score, pass_rates_json
 from curation.stages.llm import (
+    attach,
     bounded_duckdb,
     chat_messages,
     engine_for,
@@ -228,26 +229,26 @@ class ScoreStage(Stage):
             )
 
         con = bounded_duckdb(store, "score")
-        con.register("q", store.dataset(question_source_table(store)))
+        attach(con, "q", store.dataset(question_source_table(store)))
         response_files = store.dataset_at(scratch)
         if response_files.files:
-            con.register("responses", response_files)
+            attach(con, "responses", response_files)
         else:
-            con.register("responses", schemas.get("responses").schema.empty_table())
+            attach(con, "responses", schemas.get("responses").schema.empty_table())
 
         def judged() -> Iterator[pa.Table]:
             for batch in con.sql(_SCORES_SQL).to_arrow_reader(self.batch_rows):
                 yield judge_rows(pa.Table.from_batches([batch]))
 
         scores_version = store.write_table("scores", judged())
-        con.register("scores", store.dataset_at(scores_version.path))
+        attach(con, "scores", store.dataset_at(scores_version.path))
 
         def decided() -> Iterator[pa.Table]:
             for batch in con.sql(_TALLY_SQL).to_arrow_reader(self.batch_rows):
                 yield difficulty_rows(pa.Table.from_batches([batch]), options.rule, options.max_pass_rate)
 
         difficulty_version = store.write_table("difficulty", decided())
-        con.register("difficulty", store.dataset_at(difficulty_version.path))
+        attach(con, "difficulty", store.dataset_at(difficulty_version.path))
         rejects_version = store.write_table("rejects/score", con.sql(_REJECTS_SQL).to_arrow_table())
         by_decision = dict(con.sql("SELECT decision, count(*) FROM difficulty GROUP BY ALL").fetchall())
         per_scorer = {

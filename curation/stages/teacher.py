@@ -26,6 +26,7 @@ from curation.config import CurationConfig
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules.traces import judge_attempt, split_reasoning
 from curation.stages.llm import (
+    attach,
     bounded_duckdb,
     chat_messages,
     engine_for,
@@ -124,20 +125,17 @@ def trace_rows(batch: pa.Table) -> pa.Table:
     return table
 
 
+# A question without an accepted trace was asked on every attempt (the loop re-asks every open question), so
+# its reject is its last attempt's row: a filter that streams, no aggregate over every trace of the pool.
 _REJECTS_SQL = f"""
 SELECT '{STAGE}' AS stage, source, qid AS source_ref,
        CASE outcome WHEN 'wrong' THEN 'teacher_wrong' WHEN 'invalid' THEN 'teacher_invalid'
                     WHEN 'truncated' THEN 'truncated' WHEN 'filtered' THEN 'content_filter'
                     WHEN 'no_reasoning' THEN 'no_reasoning'
                     ELSE 'api_error' END AS reason,
-       'after ' || attempts || ' attempt(s); last: ' || extraction AS detail,
+       'after ' || attempt || ' attempt(s); last: ' || extraction AS detail,
        coalesce(answer, '') AS raw
-FROM (
-    SELECT source, qid, count(*) AS attempts, bool_or(accepted) AS ok,
-           arg_max(outcome, attempt) AS outcome, arg_max(extraction, attempt) AS extraction,
-           arg_max(answer, attempt) AS answer
-    FROM traces GROUP BY ALL
-) WHERE NOT ok ORDER BY source, qid
+FROM traces WHERE attempt = $last AND NOT accepted
 """
 
 
@@ -182,9 +180,9 @@ class TeacherStage(Stage):
         assert cfg.teacher.engine is not None
         engine, model = engine_for(cfg, cfg.teacher.engine, cfg.teacher.model, where="teacher")
         con = bounded_duckdb(store, "teacher")
-        con.register("q", store.dataset(question_source_table(store)))
+        attach(con, "q", store.dataset(question_source_table(store)))
         if store.has_table("difficulty"):
-            con.register("difficulty", store.dataset("difficulty"))
+            attach(con, "difficulty", store.dataset("difficulty"))
             sql, scale, basis = _HARD_SQL, 1.0, "the hard questions of the difficulty table"
         else:
             sql = "SELECT source, qid, prompt FROM q ORDER BY source, qid"
@@ -225,8 +223,8 @@ class TeacherStage(Stage):
         if not store.has_table("difficulty"):
             raise RuntimeError("teacher: the run has no `difficulty` table; configure `score:` scorers first")
         con = bounded_duckdb(store, "teacher")
-        con.register("q", store.dataset(source_table))
-        con.register("difficulty", store.dataset("difficulty"))
+        attach(con, "q", store.dataset(source_table))
+        attach(con, "difficulty", store.dataset("difficulty"))
         hard = con.execute("SELECT count(*) FROM difficulty WHERE decision = 'hard'").fetchall()[0][0]
         accepted: set[tuple[str, str]] = set()
         scratch = store.scratch_dir("teacher-responses")
@@ -240,9 +238,13 @@ class TeacherStage(Stage):
                     )
 
             traces = store.write_table("traces", attempts())
-        con.register("traces", store.dataset_at(traces.path))
-        rejects = store.write_table("rejects/teacher", con.sql(_REJECTS_SQL).to_arrow_table())
-        con.register("rejects", store.dataset_at(rejects.path))
+        attach(con, "traces", store.dataset_at(traces.path))
+        last = con.execute("SELECT max(attempt) FROM traces").fetchall()[0][0] or 0
+        rejects = store.write_table(
+            "rejects/teacher",
+            con.sql(_REJECTS_SQL, params={"last": last}).to_arrow_reader(self.batch_rows),
+        )
+        attach(con, "rejects", store.dataset_at(rejects.path))
         by_reason = dict(con.sql("SELECT reason, count(*) FROM rejects GROUP BY ALL ORDER BY 1").fetchall())
         totals = con.execute(
             "SELECT count(*), count(*) FILTER (NOT cached), coalesce(sum(cost_usd), 0), "
@@ -308,7 +310,7 @@ class TeacherStage(Stage):
             requests, engine, ledger_uri=store.ledger_uri, out_uri=store.path(rel), filesystem=store.fs
         )
         files = store.dataset_at(rel)
-        con.register("responses", files if files.files else schemas.get("responses").schema.empty_table())
+        attach(con, "responses", files if files.files else schemas.get("responses").schema.empty_table())
         for batch in con.sql(_JOIN_SQL).to_arrow_reader(self.batch_rows):
             judged = trace_rows(pa.Table.from_batches([batch]))
             ok = judged.filter(judged.column("accepted"))

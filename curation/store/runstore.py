@@ -86,6 +86,20 @@ class TableVersion:
     schema_tag: str
 
 
+# A reader holds a whole row group of the columns it reads: groups of at most this many bytes keep every scan of
+# a run's tables (DuckDB, pyarrow datasets, Ray Data) at a memory that does not grow with the table.
+ROW_GROUP_BYTES = 32 * 2**20
+ROW_GROUP_MAX_ROWS = 128 * 1024
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per Parquet row group for rows like ``table``'s: ~ROW_GROUP_BYTES of them, 1,024 to 131,072."""
+    if table.num_rows == 0:
+        return ROW_GROUP_MAX_ROWS
+    per_row = max(1, table.nbytes // table.num_rows)
+    return max(1024, min(ROW_GROUP_MAX_ROWS, ROW_GROUP_BYTES // per_row))
+
+
 class RunStore:
     """Tables, manifest and ledger of one run."""
 
@@ -228,7 +242,7 @@ class RunStore:
                         part += 1
                         rows_in_file = 0
                     piece = table.slice(offset, rows_per_file - rows_in_file)
-                    writer.write_table(piece, row_group_size=128 * 1024)
+                    writer.write_table(piece, row_group_size=row_group_rows(table))
                     offset += piece.num_rows
                     rows += piece.num_rows
                     rows_in_file += piece.num_rows
