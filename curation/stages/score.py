@@ -249,7 +249,9 @@ class ScoreStage(Stage):
 
         difficulty_version = store.write_table("difficulty", decided())
         attach(con, "difficulty", store.dataset_at(difficulty_version.path))
-        rejects_version = store.write_table("rejects/score", con.sql(_REJECTS_SQL).to_arrow_table())
+        rejects_version = store.write_table(
+            "rejects/score", con.sql(_REJECTS_SQL).to_arrow_reader(self.batch_rows)
+        )
         by_decision = dict(con.sql("SELECT decision, count(*) FROM difficulty GROUP BY ALL").fetchall())
         per_scorer = {
             scorer: {"samples": n, "correct": c, "invalid": i, "errors": e}
