@@ -108,7 +108,7 @@ def _best_overlap(values, offsets, sizes, rows_ok, hay, owners, n_eval, overlap,
     n = len(sizes)
     blocks = min(n, 256)
     for blk in numba.prange(blocks):
-        d0, d1 = blk * n // blocks, (blk + 1) * n // blocks
+        d0, d1 = mh._block(n, blocks, blk)
         counts = np.zeros(n_eval, np.int64)
         touched = np.empty(n_eval, np.int64)
         for d in range(d0, d1):
