@@ -687,7 +687,9 @@ def test_map_requests_streams_one_row_per_input_row_and_reuses_the_ledger(
         ) == Counter(
             zip(table.column("key").to_pylist(), table.column("request_id").to_pylist(), strict=True)
         )
-    failed = {r["request_id"] for r in first.to_pylist() if r["error"] is not None}
+    # A request whose row failed but whose far twin (another block, another batch) was answered is in the ledger.
+    answered = {r["request_id"] for r in first.to_pylist() if r["error"] is None}
+    failed = {r["request_id"] for r in first.to_pylist() if r["error"] is not None} - answered
     assert 10 < len(failed) < 80
     # A far duplicate may already find its twin's answer in the ledger; nothing else is cached on a first run.
     cached_keys = {r["key"] for r in first.to_pylist() if r["cached"]}

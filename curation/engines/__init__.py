@@ -238,8 +238,7 @@ def _progress_lines(run: Any, engine: Any) -> None:
 
     def loop() -> None:
         last: dict[str, Any] = {}
-        while True:
-            time.sleep(PROGRESS_EVERY_S)
+        while not run.closed.wait(PROGRESS_EVERY_S):
             try:
                 totals = run.totals()
             except Exception:  # the coordinator is gone: the run is over

@@ -165,7 +165,11 @@ class Heartbeat:
         self._thread.start()
 
     def _loop(self) -> None:
+        import ray
+
         while not self._stop.wait(HEARTBEAT_S):
+            if not ray.is_initialized():  # a call now would start a fresh local Ray (auto-init) mid-shutdown
+                return
             try:
                 self.coordinator.heartbeat.remote()
             except Exception:  # the coordinator going away ends the run anyway

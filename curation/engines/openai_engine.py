@@ -31,6 +31,7 @@ import logging
 import os
 import random
 import resource
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -761,10 +762,14 @@ class OpenAIRun:
         self.handle = coordinator_actor(self.name, rpm=cfg.rpm, tpm=cfg.tpm, burst_s=cfg.burst_s)
         # Workers on other nodes judge the driver by this heartbeat (same-node workers watch its pid).
         self.heartbeat = Heartbeat(self.handle)
+        self.closed = threading.Event()
 
     def totals(self) -> dict[str, Any]:
         import ray
 
+        # Without this check a late caller (a progress thread after ray.shutdown) would auto-start a new Ray.
+        if self.closed.is_set() or not ray.is_initialized():
+            raise RuntimeError(f"run {self.name} is over")
         return ray.get(self.handle.totals.remote(), timeout=10)
 
     def stop(self) -> None:
@@ -773,6 +778,7 @@ class OpenAIRun:
     def close(self) -> None:
         import ray
 
+        self.closed.set()
         _RUNS.pop(self.name, None)
         self.heartbeat.stop()
         ray.kill(self.handle, no_restart=True)
