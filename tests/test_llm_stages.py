@@ -102,6 +102,49 @@ def test_sft_text_is_m1s_format() -> None:
     assert text.endswith("<|im_start|>answer\nAnswer: \\boxed{B}<|im_end|>")
 
 
+# ---- the question rows an LLM stage streams ---------------------------------------------------------------
+def test_question_dataset_reads_every_row_group_into_engine_sized_blocks(
+    ray_local: None, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import ray
+
+    from curation.engines import block_rows
+    from curation.engines.config import OpenAIEngineConfig
+    from curation.stages.llm import question_dataset, write_rows
+    from curation.store.runstore import RunStore
+
+    store = RunStore(str(tmp_path / "run"))
+    sizes = [700, 130, 1500]  # one row group each
+    batches = [
+        pa.table(
+            {
+                "source": ["medqa"] * n,
+                "qid": [f"{g}-{i}" for i in range(n)],
+                "prompt": ["p"] * n,
+                "x": [g] * n,
+            }
+        )
+        for g, n in enumerate(sizes)
+    ]
+    assert write_rows(store, "scratch/q", batches) == sum(sizes)
+    engine = OpenAIEngineConfig(base_url="http://127.0.0.1:9/v1", model="m", max_concurrency=512, actors=2)
+    ds, n = question_dataset(
+        store, ["source", "qid", "prompt"], engine=engine, requests_per_row=2, rel="scratch/q"
+    )
+    per_block = block_rows(engine, n * 2) // 2
+    assert n == 2330 and per_block == 582
+    blocks = ray.get(ds.to_arrow_refs())
+    assert [b.num_rows for b in blocks] == [582, 118, 130, 582, 582, 336]
+    assert all(b.column_names == ["source", "qid", "prompt"] for b in blocks)
+    qids = [q for b in blocks for q in b.column("qid").to_pylist()]
+    assert qids == [f"{g}-{i}" for g, size in enumerate(sizes) for i in range(size)]
+
+    assert write_rows(store, "scratch/empty", [batches[0].slice(0, 0)]) == 0
+    ds, n = question_dataset(store, ["source", "qid"], engine=engine, requests_per_row=1, rel="scratch/empty")
+    assert n == 0 and ds.count() == 0 and ds.schema().names == ["source", "qid"]
+
+
 # ---- end to end against the rehearsal server -------------------------------------------------------------
 SCORER_RATES = {"Qwen/Qwen2.5-7B-Instruct": 0.6, "Qwen/Qwen2.5-32B-Instruct": 0.7}
 

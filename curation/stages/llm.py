@@ -53,10 +53,16 @@ def iter_question_batches(store: Any, columns: list[str], batch_size: int = 8192
 def question_dataset(
     store: Any, columns: list[str], *, engine: Any, requests_per_row: int, rel: str | None = None
 ) -> tuple[Any, int]:
-    """A lazy Ray dataset of the stage's question rows (or of the Parquet files at ``rel``) and its row count,
-    in blocks sized so that the requests made from them feed every engine worker. The driver reads only the
-    count (Parquet metadata)."""
+    """A Ray dataset of the stage's question rows (or of the Parquet files at ``rel``) and its row count, in
+    blocks sized so that the requests made from them feed every engine worker.
+
+    The driver reads Parquet footers only. Ray tasks read the rows, one task per row group, each returning the
+    group's blocks as separate objects: the rows go from disk to the object store without passing through the
+    driver. (``ray.data.read_parquet`` followed by ``repartition`` costs ~1 s more before the first request
+    can leave: its listing and read operators, then the repartition barrier; see BENCHMARKS.md.)"""
     import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+    import ray
     import ray.data
 
     from curation.engines import block_rows
@@ -66,10 +72,35 @@ def question_dataset(
         if rel is not None
         else store.path(store.tables()[question_source_table(store)]["path"])
     )
-    n_rows = pads.dataset(path, filesystem=store.fs, format="parquet").count_rows()
-    ds = ray.data.read_parquet(path, filesystem=store.fs, columns=columns)
+    dataset = pads.dataset(path, filesystem=store.fs, format="parquet")
+    groups: list[tuple[str, int, int]] = []  # (file, row group, rows)
+    for file in dataset.files:
+        with store.fs.open_input_file(file) as f:
+            meta = pq.ParquetFile(f).metadata
+        groups += [(file, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    n_rows = sum(rows for _, _, rows in groups)
     per_block = max(1, block_rows(engine, n_rows * requests_per_row) // max(1, requests_per_row))
-    return ds.repartition(max(1, -(-n_rows // per_block))), n_rows
+    read = ray.remote(num_cpus=0.25, max_retries=3)(_read_row_group)
+    refs: list[Any] = []
+    for file, group, rows in groups:
+        if not rows:
+            continue
+        blocks = -(-rows // per_block)
+        out = read.options(num_returns=blocks).remote(store.fs, file, group, columns, per_block)
+        refs += out if blocks > 1 else [out]
+    if not refs:
+        return ray.data.from_arrow(dataset.schema.empty_table().select(columns)), 0
+    return ray.data.from_arrow_refs(refs), n_rows
+
+
+def _read_row_group(fs: Any, file: str, group: int, columns: list[str], per_block: int) -> Any:
+    """One row group of ``file`` as blocks of at most ``per_block`` rows (a tuple when there are several)."""
+    import pyarrow.parquet as pq
+
+    with fs.open_input_file(file) as f:
+        table = pq.ParquetFile(f).read_row_group(group, columns=columns)
+    blocks = [table.slice(i, per_block) for i in range(0, table.num_rows, per_block)]
+    return tuple(blocks) if len(blocks) > 1 else blocks[0]
 
 
 def write_rows(store: Any, rel: str, batches: Any) -> int:
