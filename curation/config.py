@@ -111,7 +111,9 @@ class RayOptions(Strict):
         None, gt=0, description="CPUs for a local Ray (default: all); 0 would leave no CPU for any task"
     )
     connect_timeout_s: float = Field(
-        10.0, gt=0, description="how long to wait for the Ray cluster at `address` before giving up"
+        10.0,
+        gt=0,
+        description="how long to wait for the Ray cluster at `address` to accept a connection; ray.init gets 3x this",
     )
 
     @field_validator("address")

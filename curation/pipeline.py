@@ -182,8 +182,9 @@ def ensure_ray(cfg: CurationConfig) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address, cfg.ray.connect_timeout_s)
-        # Something listens, but it may not be Ray (or not answer): ray.init would then wait for minutes.
-        deadline = max(30.0, 3 * cfg.ray.connect_timeout_s)
+        # Something listens, but it may not be Ray (or not answer): ray.init would then wait for minutes. A
+        # real head answers within seconds; 3x the probe's timeout (30 s by default) leaves room for a busy one.
+        deadline = 3 * cfg.ray.connect_timeout_s
         advice = (
             "check that a Ray head runs there (`ray status --address ...`) and that the port is its GCS port "
             "(6379 by default), or set ray.address: null to start a local Ray"
