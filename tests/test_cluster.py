@@ -340,10 +340,11 @@ def shared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("shared-model") / "tiny")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def training_cluster():
     """Two nodes of 2 logical CPUs: Ray Train's workers plus Ray Data's read and tokenizing tasks (1 CPU each)
-    do not fit two 1-CPU nodes; there the job waits forever for resources ("Cluster resources are not enough")."""
+    do not fit two 1-CPU nodes; there the job waits forever for resources ("Cluster resources are not enough").
+    One test uses it: it stops when that test ends, not beside the module's other cluster until the module ends."""
     with LocalCluster(workers=1, cpus=2) as c:
         yield c
 
