@@ -2,6 +2,7 @@
 
     flock /tmp/m1-heavy.lock .venv/bin/python bench/bench_dedup.py quality [--base 20000]
     flock /tmp/m1-heavy.lock .venv/bin/python bench/bench_dedup.py scale [--rows 2000000] [--workdir /tmp/m1-bench]
+    flock /tmp/m1-heavy.lock .venv/bin/python bench/bench_dedup.py m1-exact [--base 20000] [--workdir /tmp/m1-bench]
 
 quality: a pool of synthetic ~60-word questions (words drawn from a Zipf vocabulary so that unrelated rows are
 dissimilar) with injected exact copies and near copies whose word 5-shingle Jaccard to their original is spread
@@ -10,6 +11,17 @@ over 0.5-0.97 (words replaced at evenly spread positions; the true Jaccard is co
 per Jaccard bin (a copy counts as found when it is dropped), and precision (dropped rows that are injected
 copies). Baseline in the same run: datasketch ``MinHashLSH(threshold=0.8)`` (its own 9 x 13 banding) over the
 same texts, a copy found when it shares a bucket with its original.
+
+m1-exact: the m1 preset's dedup (fuzz.ratio >= 95 on rendered prompts, earlier-row rule; char 5-gram MinHash
+candidates, 32 bands x 4 rows, pruned by exact length / character-histogram bounds) against m1's rule computed
+exactly and quadratically (rapidfuzz ``process.cdist`` over every earlier row, m1's method without its 5-match
+limit): the baseline in the same run. The pool: BASE rows of curation.devtools.synth's mixed pool (templated
+stems: many similar, dissimilar-by-ratio pairs), ingested with m1's option shuffle, plus injected copies of
+random rows edited down to a target ratio (90-100) three ways: ``subst`` (characters replaced at evenly spread
+positions), ``words`` (words replaced by other pool words at spread positions) and ``indel`` (characters deleted
+at spread positions and others inserted elsewhere: the adversarial case, whose char 5-gram Jaccard is lowest for
+its ratio). Reports agreement of the dropped rows and the recorded ``duplicate_of`` with the exact rule, recall per
+(edit kind, ratio bin), and both wall times.
 
 scale: ROWS synthetic rows in MedMCQA layout, 2% exact and 3% near copies, ingested into a run store (not timed),
 then the dedup (question + sorted options, Jaccard >= 0.8, cluster rule) and decontaminate (13-gram and MinHash)
@@ -154,6 +166,184 @@ def quality(base: int, seed: int) -> dict:
     print(
         f"recall at J>=0.8: {res['recall_at_jaccard_ge_0.8']} (datasketch {res['datasketch_lsh_0.8_recall_at_ge_0.8']}); "
         f"precision {res['precision']} ({n_drop} dropped); ours {res['ours_s']} s, datasketch {res['datasketch_lsh_s']} s"
+    )
+    return res
+
+
+# ------------------------------------------------------------------------------------------ m1 exact
+
+
+def _spread(n: int, count: int, rng: random.Random) -> list[int]:
+    """``count`` positions spread evenly over [0, n), with a random phase."""
+    if count <= 0 or n <= 0:
+        return []
+    step = n / count
+    phase = rng.random() * step
+    return sorted({min(n - 1, int(phase + i * step)) for i in range(count)})
+
+
+def edit_to_ratio(text: str, target: float, how: str, rng: random.Random, vocab: list[str]) -> str:
+    """A copy of ``text`` edited at evenly spread positions until fuzz.ratio drops to about ``target``."""
+    from rapidfuzz import fuzz
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    n = len(text)
+    budget = (1 - target / 100) * 2 * n  # Indel operations that bring the ratio to the target (same lengths)
+    if how == "subst":  # a substitution is one deletion + one insertion
+        chars = list(text)
+        for i in _spread(n, round(budget / 2), rng):
+            chars[i] = rng.choice([c for c in letters if c != chars[i].lower()])
+        out = "".join(chars)
+    elif how == "indel":  # deletions at one set of positions, insertions at another: no substitution pairs up
+        half = round(budget / 2)
+        dels = set(_spread(n, half, rng))
+        ins = {(i + max(1, n // max(half, 1) // 2)) % n for i in _spread(n, half, rng)}
+        out_chars = []
+        for i, c in enumerate(text):
+            if i in ins:
+                out_chars.append(rng.choice(letters))
+            if i not in dels:
+                out_chars.append(c)
+        out = "".join(out_chars)
+    else:  # words: replace whole words until the ratio reaches the target
+        words = text.split(" ")
+        order = _spread(len(words), len(words), rng)
+        rng.shuffle(order)
+        out = text
+        for i in order:
+            if fuzz.ratio(out, text) <= target:
+                break
+            words[i] = rng.choice(vocab)
+            out = " ".join(words)
+    return out
+
+
+def m1_exact(base: int, workdir: Path, seed: int, minhash: dict | None = None) -> dict:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    from rapidfuzz import fuzz, process
+
+    from curation.config import DedupOptions, IngestOptions, SourceConfig
+    from curation.devtools.synth import generate_pool
+    from curation.rules import minhash as mh
+    from curation.stages.dedup import dedup_decisions
+    from curation.stages.ingest import ingest_in_process
+
+    pool = workdir / f"mixed-{base}"
+    if not (pool / "medmcqa.jsonl").exists():
+        generate_pool(pool, base, format="mixed", seed=0, workers=2)
+    sources = [
+        SourceConfig(
+            name=n, format=n, path=str(pool / f"{n}.jsonl"), **({"split": "train"} if n == "pubmedqa" else {})
+        )
+        for n in ("medqa", "headqa", "medmcqa", "pubmedqa")
+    ]
+    prompts = (
+        ingest_in_process(sources, IngestOptions(m1_shuffle=True)).questions.column("prompt").to_pylist()
+    )
+    rng = random.Random(seed)
+    vocab = sorted({w for p in prompts[:2000] for w in p.split(" ") if w.isalpha()})
+    injected: list[tuple[int, str, float]] = []  # (original row, edit kind, target ratio)
+    texts = list(prompts)
+    for how in ("subst", "words", "indel"):
+        for _ in range(max(base // 60, 30)):
+            o = rng.randrange(len(prompts))
+            target = rng.uniform(90, 100)
+            texts.append(edit_to_ratio(prompts[o], target, how, rng, vocab))
+            injected.append((o, how, target))
+    n = len(texts)
+
+    opts = DedupOptions(
+        text="prompt",
+        exact_normalize=False,
+        measure="ratio",
+        threshold=95,
+        rule="earlier",
+        minhash=minhash
+        or {
+            "shingle": "char",
+            "k": 4,
+            "num_perm": 128,
+            "bands": 32,
+            "rows": 4,
+            "seed": 1,
+            "max_bucket": 100_000,
+        },
+    )
+    mh.set_threads(2)
+    t = time.perf_counter()
+    d, details = dedup_decisions(pads.dataset(pa.table({"prompt": texts})), opts)
+    ours_s = time.perf_counter() - t
+
+    # m1's rule, exactly: row i goes iff some earlier row j has ratio >= 95; it records the lowest such j.
+    t = time.perf_counter()
+    first_match = np.full(n, -1, np.int64)
+    block = 1024
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        m = process.cdist(
+            texts[lo:hi], texts[:hi], scorer=fuzz.ratio, score_cutoff=95, workers=-1, dtype=np.uint8
+        )
+        m[np.triu_indices(hi - lo, k=lo, m=hi)] = 0  # only earlier rows count
+        hit = m.any(axis=1)
+        first_match[lo:hi] = np.where(hit, (m > 0).argmax(axis=1), -1)
+    exact_s = time.perf_counter() - t
+    exact_drop = first_match >= 0
+    ours_drop = ~d.kept
+    agree_rows = int((exact_drop == ours_drop).sum())
+    both = exact_drop & ours_drop
+    same_ref = int((d.duplicate_of[both] == first_match[both]).sum())
+
+    table = []
+    ratio_of = np.array(
+        [
+            fuzz.ratio(texts[base_n], prompts[o])
+            for base_n, (o, _, _) in zip(range(len(prompts), n), injected, strict=True)
+        ]
+    )
+    kinds = np.array([h for _, h, _ in injected])
+    rows_inj = np.arange(len(prompts), n)
+    for how in ("subst", "words", "indel"):
+        for lo, hi in ((90, 95), (95, 96), (96, 97), (97, 99), (99, 100.01)):
+            sel = (kinds == how) & (ratio_of >= lo) & (ratio_of < hi)
+            if sel.any():
+                r = rows_inj[sel]
+                table.append(
+                    {
+                        "edit": how,
+                        "ratio": f"[{lo}, {min(hi, 100):g}{']' if hi > 100 else ')'}",
+                        "copies": int(sel.sum()),
+                        "exact_dropped": int(exact_drop[r].sum()),
+                        "ours_dropped": int(ours_drop[r].sum()),
+                    }
+                )
+    missed = int((exact_drop & ~ours_drop).sum())
+    extra = int((~exact_drop & ours_drop).sum())
+    res = {
+        "rows": n,
+        "injected": len(injected),
+        "exact_dropped": int(exact_drop.sum()),
+        "ours_dropped": int(ours_drop.sum()),
+        "recall": round(float(both.sum() / max(exact_drop.sum(), 1)), 4),
+        "missed": missed,
+        "wrongly_dropped": extra,
+        "rows_agreeing": agree_rows,
+        "duplicate_of_agreeing": f"{same_ref}/{int(both.sum())}",
+        "candidate_pairs": details["candidate_pairs"],
+        "verified_pairs": details["verified_pairs"],
+        "ours_s": round(ours_s, 2),
+        "exact_quadratic_s": round(exact_s, 2),
+        "speedup": round(exact_s / max(ours_s, 1e-9), 1),
+        "bins": table,
+    }
+    print(f"{'edit':<8}{'ratio':<12}{'copies':>8}{'exact drops':>13}{'ours':>8}")
+    for r in table:
+        print(f"{r['edit']:<8}{r['ratio']:<12}{r['copies']:>8}{r['exact_dropped']:>13}{r['ours_dropped']:>8}")
+    print(
+        f"{n:,} rows: exact rule drops {res['exact_dropped']:,}, ours {res['ours_dropped']:,} (recall {res['recall']}, "
+        f"{missed} missed, {extra} wrongly dropped; duplicate_of agrees {res['duplicate_of_agreeing']}); "
+        f"{res['candidate_pairs']:,} candidate pairs; ours {res['ours_s']} s vs exact quadratic "
+        f"{res['exact_quadratic_s']} s ({res['speedup']}x)"
     )
     return res
 
@@ -348,12 +538,31 @@ def main() -> int:
         help="zipf: varied vocabulary; synth: curation.devtools.synth MedMCQA (a few hundred template stems, so "
         "near-duplicate candidates grow quadratically with the pool)",
     )
+    e = sub.add_parser("m1-exact")
+    e.add_argument("--base", type=int, default=20_000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--workdir", default="/tmp/m1-bench")
+    e.add_argument(
+        "--minhash", default=None, help='candidate MinHash as JSON (default: the m1 preset\'s, {"k": 5, ...})'
+    )
     c = sub.add_parser("scale-child")
     c.add_argument("run")
     c.add_argument("workdir")
     args = ap.parse_args()
     if args.cmd == "quality":
         print(json.dumps(quality(args.base, args.seed)))
+    elif args.cmd == "m1-exact":
+        mh_opts = {
+            "shingle": "char",
+            "k": 4,
+            "num_perm": 128,
+            "bands": 32,
+            "rows": 4,
+            "seed": 1,
+            "max_bucket": 100_000,
+        }
+        mh_opts.update(json.loads(args.minhash) if args.minhash else {})
+        print(json.dumps(m1_exact(args.base, Path(args.workdir), args.seed, mh_opts)))
     elif args.cmd == "scale":
         print(json.dumps(scale(args.rows, Path(args.workdir), args.pool)))
     else:

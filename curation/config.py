@@ -227,7 +227,9 @@ class DecontaminateOptions(Strict):
         None, gt=1.0, le=100.0, description="rapidfuzz fuzz.ratio >= this on prompts and questions (m1: 95)"
     )
     ratio_minhash: MinHashOptions = Field(
-        default_factory=lambda: MinHashOptions(shingle="char", k=5, num_perm=128, bands=32, rows=4),
+        default_factory=lambda: MinHashOptions(
+            shingle="char", k=4, num_perm=128, bands=32, rows=4, max_bucket=100_000
+        ),
         description="candidate generation for the ratio check (char shingles, tuned for ratio >= 95)",
     )
     min_question_words: int = Field(

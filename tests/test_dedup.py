@@ -25,7 +25,7 @@ M1_DEDUP = dict(
     measure="ratio",
     threshold=95,
     rule="earlier",
-    minhash=dict(shingle="char", k=5, num_perm=128, bands=32, rows=4, seed=1),
+    minhash=dict(shingle="char", k=4, num_perm=128, bands=32, rows=4, seed=1, max_bucket=100_000),
 )
 
 

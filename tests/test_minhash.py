@@ -140,3 +140,104 @@ def test_cross_pairs_equal_brute_force() -> None:
         (i, j) for i in range(300) for j in range(70) if lv[i] and rv[j] and (left[i] == right[j]).any()
     )
     assert [tuple(p) for p in got.tolist()] == want
+
+
+@pytest.mark.parametrize("max_bucket", [1000, 3])
+def test_candidate_pairs_equal_brute_force_banding_each_pair_once(max_bucket: int) -> None:
+    rng = np.random.default_rng(0)
+    bands = rng.integers(0, 6, size=(200, 4)).astype(
+        np.uint64
+    )  # few values: big buckets, pairs in many bands
+    valid = rng.random(200) > 0.1
+    pairs, capped = mh.candidate_pairs(bands, valid=valid, max_bucket=max_bucket)
+    want: set[tuple[int, int]] = set()
+    n_capped = 0
+    for band in range(4):
+        for h in np.unique(bands[:, band]):
+            members = [i for i in range(200) if valid[i] and bands[i, band] == h]
+            n_capped += len(members) > max_bucket
+            for x in range(len(members)):
+                for y in range(min(x, max_bucket)):  # a capped bucket pairs only with its first rows
+                    want.add((members[y], members[x]))
+    got = [tuple(p) for p in pairs.tolist()]
+    assert got == sorted(want) and capped == n_capped
+
+
+def _edited(text: str, edits: int, rng: random.Random) -> str:
+    chars = list(text)
+    for _ in range(edits):
+        i = rng.randrange(len(chars))
+        op = rng.random()
+        if op < 0.4:
+            chars[i] = rng.choice("abcdeé中")
+        elif op < 0.7:
+            del chars[i]
+        else:
+            chars.insert(i, rng.choice("xyzü😀"))
+    return "".join(chars)
+
+
+def _ratio_texts() -> list[str]:
+    rng = random.Random(3)
+    stems = [
+        "A {a}-year-old {s} presents with {f}. Which is the most likely diagnosis?\nA. {o1}\nB. {o2}",
+        "Drug of choice for {f} in a {a}-year-old {s} is:\nA. {o1}\nB. {o2}\nC. {o3}",
+    ]
+    words = ["fever", "cough", "rash", "amoxicillin", "vancomycin", "isoniazid", "café-au-lait spots", "胸痛"]
+    texts = []
+    for _ in range(150):
+        t = rng.choice(stems).format(
+            a=rng.randint(20, 80),
+            s=rng.choice(["man", "woman"]),
+            f=rng.choice(words),
+            **{f"o{k}": rng.choice(words) for k in (1, 2, 3)},
+        )
+        texts.append(t)
+    for _ in range(150):  # near copies at every distance around the cutoff
+        texts.append(_edited(rng.choice(texts), rng.randint(0, 12), rng))
+    return texts
+
+
+def test_char_profiles_count_code_points_as_rapidfuzz_does() -> None:
+    texts = ["abc", "café 中文 😀", "", "a" * 70_000]
+    p = mh.char_profiles(texts)
+    assert p.lengths.tolist() == [len(t) for t in texts]
+    assert p.hist[0, ord("a")] == 1 and p.hist[1, 128 + ord("é") % 64] >= 1 and p.hist[3, ord("a")] == 65535
+    assert p.hist[:3].sum(axis=1).tolist() == [3, 9, 0]
+
+
+@pytest.mark.parametrize("cutoff", [95.0, 90.0])
+def test_ratio_bounds_drop_only_pairs_rapidfuzz_rejects(cutoff: float) -> None:
+    from rapidfuzz import fuzz
+
+    texts = _ratio_texts()
+    profiles = mh.char_profiles(texts)
+    sig, _ = mh.MinHasher("char", 4, 128, 1).signatures(texts)
+    bands = mh.band_hashes(sig, 32, 4)
+    every, _ = mh.candidate_pairs(bands)
+    kept, _ = mh.candidate_pairs(bands, ratio_cutoff=cutoff, profiles=profiles)
+    every_set = {tuple(p) for p in every.tolist()}
+    kept_set = {tuple(p) for p in kept.tolist()}
+    passing = {(i, j) for i, j in every_set if fuzz.ratio(texts[i], texts[j]) >= cutoff}
+    assert passing <= kept_set <= every_set  # never drops a pair that passes; only drops candidates
+    assert len(passing) > 20 and len(kept_set) < len(every_set) / 3  # real matches, and real pruning
+    # The same bound in the cross join (pool rows against an eval set).
+    left, right = np.arange(200), np.arange(200, 300)
+    cross_all = mh.cross_pairs(
+        bands[left], bands[right], left_valid=np.ones(200, bool), right_valid=np.ones(100, bool)
+    )
+    cross = mh.cross_pairs(
+        bands[left],
+        bands[right],
+        left_valid=np.ones(200, bool),
+        right_valid=np.ones(100, bool),
+        ratio_cutoff=cutoff,
+        left_profiles=mh.char_profiles(texts[:200]),
+        right_profiles=mh.char_profiles(texts[200:]),
+    )
+    all_set = {tuple(p) for p in cross_all.tolist()}
+    cross_set = {tuple(p) for p in cross.tolist()}
+    cross_passing = {(i, j) for i, j in all_set if fuzz.ratio(texts[i], texts[200 + j]) >= cutoff}
+    assert cross_passing <= cross_set <= all_set and len(cross_passing) > 5
+    with pytest.raises(ValueError, match="profiles"):
+        mh.candidate_pairs(bands, ratio_cutoff=cutoff)

@@ -11,7 +11,8 @@ unrelated questions. The prompt check (ratio) compares m1's rendered prompts.
   similarity recorded is the shared fraction.
 - ``minhash``: word-shingle MinHash LSH candidates, verified by exact Jaccard >= the threshold.
 - ``ratio`` (m1): char-shingle MinHash LSH candidates, verified by rapidfuzz ``fuzz.ratio`` >= the threshold on
-  prompts and on questions.
+  prompts and on questions; candidates whose length or character-histogram distance already rules the threshold
+  out are dropped while they are joined (exact bounds, never a guess).
 
 One match per (pool row, eval set) is kept: the first method in that order, then the highest similarity.
 """
@@ -45,6 +46,7 @@ class _Side:
     mh_bands: np.ndarray | None = None
     mh_sets: mh.ShingleSets | None = None
     ratio_bands: np.ndarray | None = None
+    ratio_profiles: mh.CharProfiles | None = None
 
 
 @dataclass
@@ -95,6 +97,7 @@ def build_index(name: str, questions: pa.Table, opts: DecontaminateOptions) -> E
         if opts.ratio_threshold is not None and kind in ("question", "prompt"):
             sig, counts = _hasher(opts.ratio_minhash).signatures(texts[kind])
             side.ratio_bands = mh.band_hashes(sig, *opts.ratio_minhash.banding())
+            side.ratio_profiles = mh.char_profiles(texts[kind])
             side.valid = side.valid & (counts > 0)
         index.sides[kind] = side
     return index
@@ -208,7 +211,11 @@ def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOp
         for k in ("question", "prompt"):
             sig, counts = h.signatures(texts[k])
             valid = counts > 0 if k == "prompt" else (counts > 0) & q_valid
-            ratio_state[k] = (mh.band_hashes(sig, *opts.ratio_minhash.banding()), valid)
+            ratio_state[k] = (
+                mh.band_hashes(sig, *opts.ratio_minhash.banding()),
+                valid,
+                mh.char_profiles(texts[k]),
+            )
 
     for s, index in enumerate(indexes):
         for kind, sets in ngram_sets.items():
@@ -237,9 +244,17 @@ def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOp
             ok = sim >= opts.minhash_threshold
             if ok.any():
                 found.append((pairs[ok, 0], s, pairs[ok, 1], 1, f"minhash_{kind}", sim[ok]))
-        for kind, (bands, valid) in ratio_state.items():
+        for kind, (bands, valid, profiles) in ratio_state.items():
             side = index.sides[kind]
-            pairs = mh.cross_pairs(bands, side.ratio_bands, left_valid=valid, right_valid=side.valid)
+            pairs = mh.cross_pairs(
+                bands,
+                side.ratio_bands,
+                left_valid=valid,
+                right_valid=side.valid,
+                ratio_cutoff=opts.ratio_threshold,
+                left_profiles=profiles,
+                right_profiles=side.ratio_profiles,
+            )
             if not len(pairs):
                 continue
             from curation.stages.dedup import verify_pairs

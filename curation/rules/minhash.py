@@ -278,39 +278,132 @@ def _text_keys(data, offsets, normalize, out):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, cache=True)
-def _bucket_pairs(sorted_hashes, order, max_bucket, out_left, out_right, fill):  # noqa: ANN001, ANN202
-    """Pairs (lower, higher position) within runs of equal hashes; counts only when ``fill`` is False.
-
-    A run longer than ``max_bucket`` contributes only the pairs of each member with the run's first
-    ``max_bucket`` members (ordered by position), bounding the work; returns (pairs, capped runs)."""
-    n = len(sorted_hashes)
-    total = 0
-    capped = 0
+def _run_ranks(sorted_hashes, sorted_rows, band, ranks):  # noqa: ANN001, ANN202
+    """Each row's rank in its run of equal hashes (rows of a run are in position order: the sort is stable)."""
     s = 0
+    n = len(sorted_hashes)
     while s < n:
         e = s + 1
         while e < n and sorted_hashes[e] == sorted_hashes[s]:
             e += 1
-        size = e - s
-        if size > 1:
-            members = np.sort(order[s:e])
-            if size > max_bucket:
-                capped += 1
-            for x in range(size):
-                lim = x if x < max_bucket else max_bucket
-                for y in range(lim):
-                    if fill:
-                        out_left[total] = members[y]
-                        out_right[total] = members[x]
-                    total += 1
+        for x in range(s, e):
+            ranks[sorted_rows[x], band] = x - s
         s = e
-    return total, capped
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _band_pairs(bands, sorted_rows, ranks, max_bucket, lengths, hist, slack, use_ratio, offsets, out, fill):  # noqa: ANN001, ANN202
+    """Candidate pairs of every band, each pair once (in the first band where it is paired), one band per
+    parallel iteration; with ``fill`` False only counts them into ``offsets[band + 1]``.
+
+    In a run of equal hashes (members in position order) each member pairs with the members before it, or with
+    the run's first ``max_bucket`` members when the run is longer. A pair is left to an earlier band when it
+    shares that band's hash and its earlier member ranks below ``max_bucket`` there (so it was paired there).
+    A run's members are gathered into contiguous buffers first: the pair loop is quadratic in the run, and
+    reading rows scattered over the pool would make it wait on memory."""
+    n_bands = bands.shape[1]
+    m = sorted_rows.shape[1]
+    n_bins = hist.shape[1]
+    for band in numba.prange(n_bands):
+        total = 0
+        base = offsets[band]
+        s = 0
+        while s < m:
+            h = bands[sorted_rows[band, s], band]
+            e = s + 1
+            while e < m and bands[sorted_rows[band, e], band] == h:
+                e += 1
+            size = e - s
+            if size > 1:
+                prior = np.empty((size, band), np.uint64)
+                prior_rank = np.empty((size, band), np.int32)
+                run_len = np.empty(size, np.int64)
+                run_hist = np.empty((size if use_ratio else 1, n_bins), np.int32)
+                for x in range(size):
+                    r = sorted_rows[band, s + x]
+                    for other in range(band):
+                        prior[x, other] = bands[r, other]
+                        prior_rank[x, other] = ranks[r, other]
+                    if use_ratio:
+                        run_len[x] = lengths[r]
+                        for k in range(n_bins):
+                            run_hist[x, k] = hist[r, k]
+                for x in range(1, size):
+                    lim = x if x < max_bucket else max_bucket
+                    for y in range(lim):
+                        if use_ratio:
+                            la = run_len[y]
+                            lb = run_len[x]
+                            budget = slack * (la + lb)
+                            if abs(la - lb) > budget:
+                                continue
+                        seen = False
+                        for other in range(band):
+                            if prior[y, other] == prior[x, other] and prior_rank[y, other] < max_bucket:
+                                seen = True
+                                break
+                        if seen:
+                            continue
+                        if use_ratio:
+                            l1 = 0
+                            for k in range(n_bins):
+                                l1 += abs(run_hist[y, k] - run_hist[x, k])
+                            if l1 > budget:
+                                continue
+                        if fill:
+                            out[base + total, 0] = sorted_rows[band, s + y]
+                            out[base + total, 1] = sorted_rows[band, s + x]
+                        total += 1
+            s = e
+        if not fill:
+            offsets[band + 1] = total
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _char_profiles(data, offsets, hist, lengths):  # noqa: ANN001, ANN202
+    """Per UTF-8 text: its length in code points and a histogram of them (ASCII one bin each, other code points
+    folded into 64 bins; counts saturate at 65,535, which keeps every L1 a lower bound)."""
+    for d in numba.prange(len(offsets) - 1):
+        i = offsets[d]
+        end = offsets[d + 1]
+        count = 0
+        while i < end:
+            c = np.int64(data[i])
+            if c < 0x80:
+                cp = c
+                i += 1
+            elif c < 0xE0:
+                cp = ((c & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F)
+                i += 2
+            elif c < 0xF0:
+                cp = (
+                    ((c & 0x0F) << 12)
+                    | ((np.int64(data[i + 1]) & 0x3F) << 6)
+                    | (np.int64(data[i + 2]) & 0x3F)
+                )
+                i += 3
+            else:
+                cp = (
+                    ((c & 0x07) << 18)
+                    | ((np.int64(data[i + 1]) & 0x3F) << 12)
+                    | ((np.int64(data[i + 2]) & 0x3F) << 6)
+                    | (np.int64(data[i + 3]) & 0x3F)
+                )
+                i += 4
+            k = cp if cp < 128 else 128 + cp % 64
+            if hist[d, k] < 65535:
+                hist[d, k] += 1
+            count += 1
+        lengths[d] = count
 
 
 @numba.njit(nogil=True, cache=True)
-def _hash_join(left, right, out_left, out_right, fill):  # noqa: ANN001, ANN202
+def _hash_join(
+    left, right, out_left, out_right, fill, left_len, left_hist, right_len, right_hist, slack, use_ratio
+):  # noqa: ANN001, ANN202
     """All (i, j) with left[i] == right[j] (uint64 hashes), by an open-addressing table over ``right``; counts
-    only when ``fill`` is False."""
+    only when ``fill`` is False. With ``use_ratio``, pairs whose fuzz.ratio is certainly below the cutoff (length
+    and character-histogram bounds, as in :func:`_band_pairs`) are left out."""
     m = len(right)
     size = 2
     while size < 2 * m:
@@ -328,16 +421,30 @@ def _hash_join(left, right, out_left, out_right, fill):  # noqa: ANN001, ANN202
         keys[s] = right[j]
         slots[s] = j
     total = 0
+    n_bins = left_hist.shape[1]
     for i in range(len(left)):
         s = np.int64(_mix64(left[i]) & np.uint64(mask))
         while slots[s] != -1 and keys[s] != left[i]:
             s = (s + 1) & mask
         j = slots[s]
         while j != -1:
-            if fill:
-                out_left[total] = i
-                out_right[total] = j
-            total += 1
+            keep = True
+            if use_ratio:
+                la = left_len[i]
+                lb = right_len[j]
+                budget = slack * (la + lb)
+                if abs(la - lb) > budget:
+                    keep = False
+                else:
+                    l1 = 0
+                    for k in range(n_bins):
+                        l1 += abs(np.int64(left_hist[i, k]) - np.int64(right_hist[j, k]))
+                    keep = l1 <= budget
+            if keep:
+                if fill:
+                    out_left[total] = i
+                    out_right[total] = j
+                total += 1
             j = chain[j]
     return total
 
@@ -468,52 +575,126 @@ def text_keys(texts: pa.Array | pa.ChunkedArray | Sequence[str], *, normalize: b
     return out
 
 
+PROFILE_BINS = 192
+
+
+@dataclass
+class CharProfiles:
+    """Per text: its length in code points and its character histogram (:func:`char_profiles`): enough to rule
+    out, exactly, pairs whose ``fuzz.ratio`` cannot reach a cutoff, before any string is compared."""
+
+    lengths: np.ndarray  # int64 [n]
+    hist: np.ndarray  # uint16 [n, PROFILE_BINS]
+
+    @staticmethod
+    def concat(parts: Sequence[CharProfiles]) -> CharProfiles:
+        if not parts:
+            return CharProfiles(np.empty(0, np.int64), np.empty((0, PROFILE_BINS), np.uint16))
+        return CharProfiles(
+            np.concatenate([p.lengths for p in parts]), np.concatenate([p.hist for p in parts], axis=0)
+        )
+
+
+def char_profiles(texts: pa.Array | pa.ChunkedArray | Sequence[str]) -> CharProfiles:
+    """Code-point lengths and histograms of ``texts`` (nulls are empty), exactly as rapidfuzz sees the strings."""
+    data, offsets = _string_buffers(texts, lower=False)
+    n = len(offsets) - 1
+    hist = np.zeros((n, PROFILE_BINS), np.uint16)
+    lengths = np.zeros(n, np.int64)
+    if n:
+        _char_profiles(data, offsets, hist, lengths)
+    return CharProfiles(lengths, hist)
+
+
 def candidate_pairs(
-    bands: np.ndarray, *, valid: np.ndarray | None = None, max_bucket: int = 1000
+    bands: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    max_bucket: int = 1000,
+    ratio_cutoff: float | None = None,
+    profiles: CharProfiles | None = None,
 ) -> tuple[np.ndarray, int]:
     """Unique candidate pairs (int64 [m, 2], left < right, sorted) of rows sharing a band hash.
 
     ``valid``: rows that may pair (rows without shingles share the empty signature and must not).
+    ``ratio_cutoff`` with ``profiles``: drop, while pairing, pairs whose rapidfuzz ``fuzz.ratio`` (0-100) is
+    certainly below the cutoff (length and character-histogram bounds: exact, never a guess), so that pools
+    with many similar texts (templated stems share bands) never hold their dissimilar pairs in memory.
+    Every pair is produced once, in the first band that pairs it, so no global de-duplication is needed.
     Returns the pairs and how many buckets were larger than ``max_bucket`` (their members pair only with the
     bucket's first ``max_bucket`` rows)."""
-    n = bands.shape[0]
+    n, n_bands = bands.shape
     index = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid).astype(np.int64)
-    keys: list[np.ndarray] = []
+    bands = np.ascontiguousarray(bands)
+    # Row ids per band in hash order, and each row's rank in its run: 8 bytes per row and band.
+    sorted_rows = np.empty((n_bands, len(index)), np.int32 if n < 2**31 else np.int64)
+    ranks = np.zeros((n, n_bands), np.int32)
     capped = 0
-    for band in range(bands.shape[1]):
+    for band in range(n_bands):
         h = bands[index, band]
-        order = np.argsort(h, kind="stable")
-        sh, so = h[order], index[order]
-        total, _ = _bucket_pairs(sh, so, max_bucket, np.empty(0, np.int64), np.empty(0, np.int64), False)
-        left = np.empty(total, np.int64)
-        right = np.empty(total, np.int64)
-        _, c = _bucket_pairs(sh, so, max_bucket, left, right, True)
-        capped += c
-        keys.append(left * n + right)
-        if len(keys) > 1 and sum(len(x) for x in keys) > 4_000_000:
-            keys = [np.unique(np.concatenate(keys))]
-    merged = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
-    return np.stack([merged // max(n, 1), merged % max(n, 1)], axis=1), capped
+        order = np.argsort(h, kind="stable")  # stable: each run of equal hashes stays in position order
+        sorted_rows[band] = index[order]
+        sh = h[order]
+        _run_ranks(sh, sorted_rows[band], band, ranks)
+        if len(sh):
+            sizes = np.diff(np.flatnonzero(np.r_[True, sh[1:] != sh[:-1], True]))
+            capped += int((sizes > max_bucket).sum())
+    use_ratio = ratio_cutoff is not None
+    if use_ratio and profiles is None:
+        raise ValueError("ratio_cutoff needs the texts' profiles (char_profiles)")
+    lengths = profiles.lengths if profiles is not None else np.zeros(1, np.int64)
+    hist = profiles.hist if profiles is not None else np.zeros((1, 1), np.uint16)
+    # A hair of slack so that float rounding can only keep a pair, never drop one rapidfuzz would pass.
+    slack = (1.0 - ratio_cutoff / 100.0) + 1e-9 if use_ratio else 0.0
+    offsets = np.zeros(n_bands + 1, np.int64)
+    none = np.empty((0, 2), np.int64)
+    _band_pairs(bands, sorted_rows, ranks, max_bucket, lengths, hist, slack, use_ratio, offsets, none, False)
+    offsets = np.cumsum(offsets)
+    out = np.empty((int(offsets[-1]), 2), np.int64)
+    _band_pairs(bands, sorted_rows, ranks, max_bucket, lengths, hist, slack, use_ratio, offsets, out, True)
+    order = np.argsort(out[:, 0] * max(n, 1) + out[:, 1], kind="stable")
+    return out[order], capped
 
 
 def cross_pairs(
-    left_bands: np.ndarray, right_bands: np.ndarray, *, left_valid: np.ndarray, right_valid: np.ndarray
+    left_bands: np.ndarray,
+    right_bands: np.ndarray,
+    *,
+    left_valid: np.ndarray,
+    right_valid: np.ndarray,
+    ratio_cutoff: float | None = None,
+    left_profiles: CharProfiles | None = None,
+    right_profiles: CharProfiles | None = None,
 ) -> np.ndarray:
-    """Unique (left row, right row) pairs, int64 [m, 2], sharing a band hash between two collections."""
+    """Unique (left row, right row) pairs, int64 [m, 2], sharing a band hash between two collections.
+
+    ``ratio_cutoff`` with both sides' profiles: leave out pairs whose ``fuzz.ratio`` is certainly below it
+    (exact bounds, as :func:`candidate_pairs`)."""
     nr = right_bands.shape[0]
     li = np.flatnonzero(left_valid).astype(np.int64)
     ri = np.flatnonzero(right_valid).astype(np.int64)
+    use_ratio = ratio_cutoff is not None
+    if use_ratio:
+        if left_profiles is None or right_profiles is None:
+            raise ValueError("ratio_cutoff needs both sides' profiles (char_profiles)")
+        ll, lh = left_profiles.lengths[li], np.ascontiguousarray(left_profiles.hist[li])
+        rl, rh = right_profiles.lengths[ri], np.ascontiguousarray(right_profiles.hist[ri])
+        slack = (1.0 - ratio_cutoff / 100.0) + 1e-9  # rounding may only keep a pair, never drop one
+    else:
+        ll = rl = np.zeros(1, np.int64)
+        lh = rh = np.zeros((1, 1), np.uint16)
+        slack = 0.0
     keys: list[np.ndarray] = []
     for band in range(left_bands.shape[1]):
         hl = np.ascontiguousarray(left_bands[li, band])
         hr = np.ascontiguousarray(right_bands[ri, band])
         none = np.empty(0, np.int64)
-        total = _hash_join(hl, hr, none, none, False)
+        total = _hash_join(hl, hr, none, none, False, ll, lh, rl, rh, slack, use_ratio)
         if not total:
             continue
         lefts = np.empty(total, np.int64)
         rights = np.empty(total, np.int64)
-        _hash_join(hl, hr, lefts, rights, True)
+        _hash_join(hl, hr, lefts, rights, True, ll, lh, rl, rh, slack, use_ratio)
         keys.append(li[lefts] * nr + ri[rights])
     merged = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
     return np.stack([merged // max(nr, 1), merged % max(nr, 1)], axis=1)

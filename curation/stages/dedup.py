@@ -5,7 +5,9 @@
    key of it for exact copies, and its MinHash signature cut into LSH band hashes (:mod:`curation.rules.minhash`).
    Only keys and band hashes stay in memory (16 + 8 x bands bytes a row), never the texts or signatures.
 2. Exact copies collapse onto the first row with their key; rows sharing a band hash among the remaining
-   representatives are candidate pairs.
+   representatives are candidate pairs, each produced once. With m1's ``fuzz.ratio`` measure, a pair whose
+   length difference or character-histogram distance already rules the cutoff out is dropped as it is paired
+   (an exact bound, :func:`curation.rules.minhash.candidate_pairs`): on templated pools that is >99% of them.
 3. A second pass fetches the texts of rows in candidate pairs only, and verifies every pair: exact Jaccard of
    the shingle sets, or rapidfuzz ``fuzz.ratio`` (m1's measure, 0-100) on the text.
 4. The rule (:mod:`curation.rules.dedup`: m1's ``earlier`` or ``cluster``) decides; a third pass writes the
@@ -202,7 +204,10 @@ def dedup_decisions(dataset: Any, opts: DedupOptions, *, log: Any = None) -> tup
             f"permutations, {n_bands} bands x {n_rows} rows, seed {opts.minhash.seed}; P(candidate): {curve}"
         )
     columns = ["question", "options"] if opts.text == "question_options" else [opts.text]
-    keys, band_parts, counts = [], [], []
+    # fuzz.ratio verifies: keep each text's length and character histogram, which rule out most candidate
+    # pairs exactly while they are paired (templated pools share bands across millions of dissimilar pairs).
+    by_ratio = opts.near and opts.measure == "ratio"
+    keys, band_parts, counts, profiles = [], [], [], []
     for batch in scan(dataset, columns, opts.batch_rows):
         texts = comparison_texts(batch, opts.text)
         if opts.exact:
@@ -212,6 +217,8 @@ def dedup_decisions(dataset: Any, opts: DedupOptions, *, log: Any = None) -> tup
             band_parts.append(mh.band_hashes(sig, n_bands, n_rows))
             counts.append(c)
             del sig
+        if by_ratio:
+            profiles.append(mh.char_profiles(texts))
     n = sum(len(c) for c in counts) if opts.near else sum(len(k) for k in keys)
     if not opts.near and not opts.exact:
         n = dataset.count_rows()
@@ -225,8 +232,14 @@ def dedup_decisions(dataset: Any, opts: DedupOptions, *, log: Any = None) -> tup
         bands = np.concatenate(band_parts)
         del band_parts
         valid = (rep == np.arange(n)) & (np.concatenate(counts) > 0)
-        cand, capped = mh.candidate_pairs(bands, valid=valid, max_bucket=opts.minhash.max_bucket)
-        del bands
+        cand, capped = mh.candidate_pairs(
+            bands,
+            valid=valid,
+            max_bucket=opts.minhash.max_bucket,
+            ratio_cutoff=opts.threshold if by_ratio else None,
+            profiles=mh.CharProfiles.concat(profiles) if by_ratio else None,
+        )
+        del bands, profiles
         n_candidates = len(cand)
         timings["candidates_s"] = round(time.perf_counter() - t1, 3)
         t2 = time.perf_counter()
