@@ -507,13 +507,20 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> SFT
         datasets={"train": training_dataset(cfg)},
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except Exception as exc:  # Ray wraps the worker's error; say where the run stands and how to go on
         done = list_checkpoints(train_dir)
         where = f"last checkpoint at step {done[-1][0]}" if done else "no checkpoint yet"
         raise SFTError(
             f"SFT run {cfg.name!r} failed ({where}): {exc}\nrerun with --resume to continue"
         ) from exc
+    # The last checkpoint Ray registered is complete by definition; marking it here as well as in the worker
+    # means a marker the worker's write lost (a slow shared filesystem) cannot make the run look shorter.
+    if result.checkpoint is not None:
+        final = Path(result.checkpoint.path) / HF_CHECKPOINT
+        if (final / "m1_sft.json").is_file() and not (final / COMPLETE).exists():
+            step = json.loads((final / "m1_sft.json").read_text())["step"]
+            (final / COMPLETE).write_text(f"{step}\n")
     checkpoints = list_checkpoints(train_dir)
     if not checkpoints:
         raise SFTError(f"SFT run {cfg.name!r} finished but left no checkpoint in {train_dir}")
