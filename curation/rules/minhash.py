@@ -291,6 +291,16 @@ def _run_ranks(sorted_hashes, sorted_rows, band, ranks):  # noqa: ANN001, ANN202
         s = e
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _hist_l1(a, b):  # noqa: ANN001, ANN202
+    """L1 distance of two character histograms: a lower bound on the Indel distance of their texts (each
+    insertion or deletion moves one count by one; merged bins only lower it)."""
+    total = 0
+    for k in range(len(a)):
+        total += abs(np.int64(a[k]) - np.int64(b[k]))
+    return total
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _band_pairs(bands, sorted_rows, ranks, max_bucket, lengths, hist, slack, use_ratio, offsets, out, fill):  # noqa: ANN001, ANN202
     """Candidate pairs of every band, each pair once (in the first band where it is paired), one band per
@@ -345,10 +355,7 @@ def _band_pairs(bands, sorted_rows, ranks, max_bucket, lengths, hist, slack, use
                         if seen:
                             continue
                         if use_ratio:
-                            l1 = 0
-                            for k in range(n_bins):
-                                l1 += abs(run_hist[y, k] - run_hist[x, k])
-                            if l1 > budget:
+                            if _hist_l1(run_hist[y], run_hist[x]) > budget:
                                 continue
                         if fill:
                             out[base + total, 0] = sorted_rows[band, s + y]
@@ -421,7 +428,6 @@ def _hash_join(
         keys[s] = right[j]
         slots[s] = j
     total = 0
-    n_bins = left_hist.shape[1]
     for i in range(len(left)):
         s = np.int64(_mix64(left[i]) & np.uint64(mask))
         while slots[s] != -1 and keys[s] != left[i]:
@@ -436,10 +442,7 @@ def _hash_join(
                 if abs(la - lb) > budget:
                     keep = False
                 else:
-                    l1 = 0
-                    for k in range(n_bins):
-                        l1 += abs(np.int64(left_hist[i, k]) - np.int64(right_hist[j, k]))
-                    keep = l1 <= budget
+                    keep = _hist_l1(left_hist[i], right_hist[j]) <= budget
             if keep:
                 if fill:
                     out_left[total] = i
