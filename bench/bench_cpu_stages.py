@@ -66,7 +66,7 @@ def main() -> int:
 
     import pyarrow as pa
 
-    from curation.config import CurationConfig
+    from curation.config import CurationConfig, preset_section
     from curation.devtools.synth import generate_pool
     from curation.pipeline import ensure_ray, run_stages
     from curation.stages.classify import ClassifyStage
@@ -96,22 +96,7 @@ def main() -> int:
     presets = {
         "default": {"dedup": {"text": "question_options"}, "decontaminate": {}},
         "m1": {
-            "dedup": {
-                "text": "prompt",
-                "exact_normalize": False,
-                "measure": "ratio",
-                "threshold": 95,
-                "rule": "earlier",
-                "minhash": {
-                    "shingle": "char",
-                    "k": 4,
-                    "num_perm": 128,
-                    "bands": 32,
-                    "rows": 4,
-                    "seed": 1,
-                    "max_bucket": 100_000,
-                },
-            },
+            "dedup": preset_section("m1", "dedup"),  # the preset's own rule and candidate settings
             "decontaminate": {"ratio_threshold": 95},
         },
     }

@@ -219,11 +219,13 @@ def edit_to_ratio(text: str, target: float, how: str, rng: random.Random, vocab:
 
 
 def m1_exact(base: int, workdir: Path, seed: int, minhash: dict | None = None) -> dict:
+    """The m1 preset's dedup (curation/configs/m1.yaml; ``minhash`` overrides its candidate settings) against
+    m1's rule computed exactly."""
     import pyarrow as pa
     import pyarrow.dataset as pads
     from rapidfuzz import fuzz, process
 
-    from curation.config import DedupOptions, IngestOptions, SourceConfig
+    from curation.config import DedupOptions, IngestOptions, SourceConfig, preset_section
     from curation.devtools.synth import generate_pool
     from curation.rules import minhash as mh
     from curation.stages.dedup import dedup_decisions
@@ -253,23 +255,8 @@ def m1_exact(base: int, workdir: Path, seed: int, minhash: dict | None = None) -
             injected.append((o, how, target))
     n = len(texts)
 
-    opts = DedupOptions(
-        text="prompt",
-        exact_normalize=False,
-        measure="ratio",
-        threshold=95,
-        rule="earlier",
-        minhash=minhash
-        or {
-            "shingle": "char",
-            "k": 4,
-            "num_perm": 128,
-            "bands": 32,
-            "rows": 4,
-            "seed": 1,
-            "max_bucket": 100_000,
-        },
-    )
+    m1 = preset_section("m1", "dedup")
+    opts = DedupOptions(**{**m1, "minhash": {**m1["minhash"], **(minhash or {})}})
     mh.set_threads(2)
     t = time.perf_counter()
     d, details = dedup_decisions(pads.dataset(pa.table({"prompt": texts})), opts)
@@ -543,7 +530,9 @@ def main() -> int:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--workdir", default="/tmp/m1-bench")
     e.add_argument(
-        "--minhash", default=None, help='candidate MinHash as JSON (default: the m1 preset\'s, {"k": 5, ...})'
+        "--minhash",
+        default=None,
+        help='overrides of the m1 preset\'s candidate MinHash, as JSON (e.g. {"k": 5})',
     )
     c = sub.add_parser("scale-child")
     c.add_argument("run")
@@ -552,17 +541,9 @@ def main() -> int:
     if args.cmd == "quality":
         print(json.dumps(quality(args.base, args.seed)))
     elif args.cmd == "m1-exact":
-        mh_opts = {
-            "shingle": "char",
-            "k": 4,
-            "num_perm": 128,
-            "bands": 32,
-            "rows": 4,
-            "seed": 1,
-            "max_bucket": 100_000,
-        }
-        mh_opts.update(json.loads(args.minhash) if args.minhash else {})
-        print(json.dumps(m1_exact(args.base, Path(args.workdir), args.seed, mh_opts)))
+        print(
+            json.dumps(m1_exact(args.base, Path(args.workdir), args.seed, json.loads(args.minhash or "{}")))
+        )
     elif args.cmd == "scale":
         print(json.dumps(scale(args.rows, Path(args.workdir), args.pool)))
     else:

@@ -506,6 +506,18 @@ def load_config(path: str | Path) -> CurationConfig:
         raise ConfigError(format_validation_error(exc, source=str(path))) from None
 
 
+def preset_section(preset: str, section: str) -> dict[str, Any]:
+    """One section of a packaged preset (``curation/configs/<preset>.yaml``) as plain data, so that benchmarks and
+    tests run the preset's own settings rather than a copy that can drift from it."""
+    from importlib.resources import files
+
+    path = Path(str(files("curation").joinpath(f"configs/{preset}.yaml")))
+    raw = load_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get(section), dict):
+        raise ConfigError(f"{path}: no {section!r} section")
+    return dict(raw[section])
+
+
 def redacted(cfg: CurationConfig) -> dict[str, Any]:
     """The config as plain data with anything secret-looking removed (safe for manifests and logs)."""
 

@@ -11,7 +11,7 @@ import pyarrow.dataset as pads
 import pytest
 from rapidfuzz import fuzz, process
 
-from curation.config import CurationConfig, DedupOptions, IngestOptions, SourceConfig
+from curation.config import CurationConfig, DedupOptions, IngestOptions, SourceConfig, preset_section
 from curation.pipeline import StageContext
 from curation.rules.dedup import EXACT, NEAR, decide, exact_representatives
 from curation.stages.dedup import DedupStage, comparison_texts, dedup_decisions
@@ -19,14 +19,7 @@ from curation.stages.ingest import ingest_in_process
 from curation.store.runstore import RunStore
 
 SAMPLE_POOL = Path(__file__).resolve().parents[1] / "curation" / "sample_pool"
-M1_DEDUP = dict(
-    text="prompt",
-    exact_normalize=False,
-    measure="ratio",
-    threshold=95,
-    rule="earlier",
-    minhash=dict(shingle="char", k=4, num_perm=128, bands=32, rows=4, seed=1, max_bucket=100_000),
-)
+M1_DEDUP = preset_section("m1", "dedup")  # curation/configs/m1.yaml, as users run it
 
 
 def test_earlier_rule_is_not_transitive_and_cluster_rule_is() -> None:
