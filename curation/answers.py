@@ -14,7 +14,10 @@ Default (strict) mode, :func:`extract_answer`:
 4. Without either: the whole answer part, then its last non-empty line, as a bare letter, ``C. Cobra``, or an
    option's exact text.
 
-A candidate is read as: an option's exact text (case-, space- and punctuation-insensitive), a single letter
+A candidate that is exactly one of the option labels (``C``, ``(c)``, ``C.``, after unwrapping) names that label,
+even when another option's text is that letter (figure items whose options are labels: ``A. B``, ``B. C``,
+``C. A``): the prompt asks for the letter. Text matching applies only to candidates that are not a bare label.
+Otherwise a candidate is read as: an option's exact text (case-, space- and punctuation-insensitive), a single letter
 (``C``, ``(c)``, ``C.``), or a letter with its option text (``C. Cobra``, ``(C) Cobra``). It never guesses: several
 different letters (``A and C``, ``A, C``, ``AC``), a letter that is not an option, a letter whose attached text is
 another option's text, an empty box, or text matching no option are INVALID with a reason. m1 accepted any string
@@ -219,10 +222,15 @@ def _text_matches(norm: str, options: Mapping[str, str]) -> list[str]:
 
 
 def _prefix_match(norm: str, options: Mapping[str, str]) -> list[str]:
-    """Options whose whole text begins ``norm`` at a word boundary, longest text first."""
+    """Options whose whole text begins ``norm`` at a word boundary, longest text first.
+
+    An option whose text is itself one of the labels never matches: a candidate that starts with that letter as
+    a word ("C because ...") names the label C, by the same rule as a bare label."""
     hits = []
     for label, text in options.items():
         opt = _norm(text)
+        if len(opt) == 1 and opt.upper() in options:
+            continue
         if opt and norm.startswith(opt) and (len(norm) == len(opt) or not norm[len(opt)].isalnum()):
             hits.append((len(opt), label))
     if not hits:
@@ -242,6 +250,12 @@ def _read_candidate(raw: str, options: Mapping[str, str], *, prose: bool, where:
     if prose and _NEGATED.match(text):
         return _Read(None, f"{where} is negated", False)
     norm = _norm(text)
+
+    # A bare label names that label, even when another option's text is that letter (figure-label options
+    # "A. B / B. C / C. A"): the prompt asks for the option's letter. Text matching is for everything else.
+    bare = _ONE_LETTER.match(text)
+    if bare and bare.group(1).upper() in options:
+        return _letter_verdict(bare.group(1), options, f"{where}: letter {bare.group(1).upper()}")
 
     exact = _text_matches(norm, options)
     if len(exact) == 1:

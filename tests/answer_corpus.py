@@ -15,6 +15,16 @@ DOSES = {"A": "5 mg", "B": "10 mg", "C": "50 mg", "D": "pH = 7.4", "E": "None of
 TWO = {"A": "True", "B": "False"}
 ARTICLE = {"A": "A tumour of the islet cells", "B": "An abscess", "C": "A cyst", "D": "Infarction"}
 
+# Option texts that are themselves letters, digits, numerals or refer to other options (issue 20). The rule: a bare
+# label names that label; text matching applies only to answers that are not a bare label.
+FIGURE = {"A": "B", "B": "C", "C": "A", "D": "E"}  # MedBullets figure items: options name figure labels
+DIGITS = {"A": "1", "B": "2", "C": "3", "D": "4"}
+ROMAN = {"A": "I", "B": "II", "C": "III", "D": "IV", "E": "V"}
+ROMAN_COMBO = {"A": "I only", "B": "II only", "C": "I and II", "D": "Neither I nor II"}
+ABOVE = {"A": "Fever", "B": "Rash", "C": "Both A and B", "D": "None", "E": "All of the above"}
+REPEAT = {"A": "D", "B": "Thrombin", "C": "Heparin", "D": "Warfarin"}  # option A's text repeats label D
+LOWER_LETTERS = {"A": "c", "B": "a", "C": "b"}
+
 OPTION_SETS = {
     "snakes": SNAKES,
     "tricky": TRICKY,
@@ -24,6 +34,13 @@ OPTION_SETS = {
     "doses": DOSES,
     "two": TWO,
     "article": ARTICLE,
+    "figure": FIGURE,
+    "digits": DIGITS,
+    "roman": ROMAN,
+    "roman-combo": ROMAN_COMBO,
+    "above": ABOVE,
+    "repeat": REPEAT,
+    "lower-letters": LOWER_LETTERS,
 }
 
 CASES: list[tuple[str, str, str, str | None, str | None]] = [
@@ -184,6 +201,55 @@ CASES: list[tuple[str, str, str, str | None, str | None]] = [
         None,
         None,
     ),
+    # --- options whose texts are labels, digits, numerals or name other options (issue 20)
+    ("figure-box-label", r"The answer is \boxed{C}", "figure", "C", "letter C"),
+    ("figure-box-text-wrapped", r"\boxed{\text{C}}", "figure", "C", "letter C"),
+    ("figure-box-dollar", r"The final answer is $\boxed{C}$.", "figure", "C", "letter C"),
+    ("figure-box-paren", r"\boxed{(C)}", "figure", "C", "letter C"),
+    ("figure-box-period", r"\boxed{C.}", "figure", "C", "letter C"),
+    ("figure-box-lower", r"\boxed{c}", "figure", "C", "letter C"),
+    ("figure-bold", "The answer is **C**.", "figure", "C", "letter C"),
+    ("figure-answer-colon", "Answer: C", "figure", "C", "letter C"),
+    ("figure-answer-is-prose", "The answer is C because the arrow points at A.", "figure", "C", None),
+    ("figure-answer-is-comma", "The answer is A, the structure labelled in the figure.", "figure", "A", None),
+    ("figure-bare-line", "The arrow marks the ductus.\n\nC", "figure", "C", "letter C"),
+    ("figure-whole", "C", "figure", "C", "letter C"),
+    ("figure-label-with-own-text", r"\boxed{C. A}", "figure", "C", "with its option text"),
+    ("figure-label-paren-own-text", r"\boxed{(C) A}", "figure", "C", "with its option text"),
+    ("figure-answer-label-own-text", "Final Answer: B. C", "figure", "B", "with its option text"),
+    ("figure-label-other-text", r"\boxed{C. B}", "figure", None, "text of option A"),
+    ("figure-non-label-text", r"\boxed{E}", "figure", "D", "exact text of option D"),
+    ("figure-two-labels", r"\boxed{A or C}", "figure", None, "several letters"),
+    ("figure-not-option-nor-text", r"\boxed{F}", "figure", None, "not an option"),
+    ("digits-box-digit", r"\boxed{2}", "digits", "B", "exact text of option B"),
+    ("digits-answer-is-digit", "The answer is 3.", "digits", "C", "exact text of option C"),
+    ("digits-box-label", r"\boxed{B}", "digits", "B", "letter B"),
+    ("digits-label-with-text", r"\boxed{B. 2}", "digits", "B", "with its option text"),
+    ("digits-label-other-text", r"\boxed{B. 3}", "digits", None, "text of option C"),
+    ("digits-not-an-option", r"\boxed{7}", "digits", None, "matches no option"),
+    ("roman-numeral", r"\boxed{IV}", "roman", "D", "exact text of option D"),
+    ("roman-one", r"\boxed{I}", "roman", "A", "exact text of option A"),
+    ("roman-v", "The answer is V.", "roman", "E", "exact text of option E"),
+    ("roman-label", r"\boxed{C}", "roman", "C", "letter C"),
+    ("roman-label-with-text", r"\boxed{C. III}", "roman", "C", "with its option text"),
+    ("roman-combo-text", r"\boxed{I and II}", "roman-combo", "C", "exact text of option C"),
+    ("roman-combo-phrase", "The answer is I only.", "roman-combo", "A", None),
+    ("roman-combo-partial", r"\boxed{II}", "roman-combo", None, "matches no option"),
+    ("above-all", r"\boxed{All of the above}", "above", "E", "exact text of option E"),
+    ("above-all-phrase", "The answer is all of the above.", "above", "E", None),
+    ("above-both-text", r"\boxed{Both A and B}", "above", "C", "exact text of option C"),
+    ("above-letters-not-both", r"\boxed{A and B}", "above", None, "several letters"),
+    ("above-none", r"\boxed{None}", "above", "D", "exact text of option D"),
+    ("above-none-phrase", "Answer: None", "above", "D", None),
+    ("above-label", r"\boxed{E}", "above", "E", "letter E"),
+    ("repeat-label", r"\boxed{D}", "repeat", "D", "letter D"),
+    ("repeat-label-answer-is", "The answer is D.", "repeat", "D", "letter D"),
+    ("repeat-label-own-text", r"\boxed{A. D}", "repeat", "A", "with its option text"),
+    ("repeat-label-other-text", r"\boxed{D. D}", "repeat", None, "text of option A"),
+    ("repeat-text", r"\boxed{Warfarin}", "repeat", "D", "exact text of option D"),
+    ("repeat-label-prose", "The answer is D because warfarin is the oral option.", "repeat", "D", None),
+    ("lower-letter-is-label", r"\boxed{a}", "lower-letters", "A", "letter A"),
+    ("lower-letter-with-text", r"\boxed{B. a}", "lower-letters", "B", "with its option text"),
     # --- R1-style <think> blocks and m1 markers
     ("think-box", "<think>Maybe A? Or B... \\boxed{A}?</think>\n\\boxed{C}", "snakes", "C", None),
     ("think-phrase", "<think>The answer is A. No wait.</think>\nThe answer is D.", "snakes", "D", None),

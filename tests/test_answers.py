@@ -37,17 +37,18 @@ def test_corpus(case_id: str, response: str, options: str, expected: str | None,
 def test_every_option_is_readable_in_every_form(name: str) -> None:
     options = OPTION_SETS[name]
     for label, text in options.items():
+        # A text that is itself a label reads as that label (the bare-label rule): only its labelled forms apply.
+        text_is_label = text.strip().upper() in options
+        text_alone = () if text_is_label else (f"\\boxed{{{text}}}", f"Answer: {text}", text)
         for response in (
             f"\\boxed{{{label}}}",
             f"\\boxed{{{label.lower()}}}",
-            f"\\boxed{{{text}}}",
             f"\\boxed{{\\text{{{label}. {text}}}}}",
             f"The answer is {label}.",
             f"Final Answer: {label}. {text}",
-            f"Answer: {text}",
             label,
             f"({label}) {text}",
-            text,
+            *text_alone,
         ):
             got = extract_answer(response, options)
             assert got.label == label, f"{name}: {response!r} -> {got}"
@@ -144,3 +145,30 @@ def test_strict_and_m1_disagree_where_m1_guesses() -> None:
     assert extract_answer(response, SNAKES, mode="m1").label == "C"
     assert judge(response, SNAKES, "C", mode="m1") == "correct"
     assert judge(response, SNAKES, "C") == "invalid"
+
+
+def test_figure_label_items_of_a_medbullets_file_are_judged_by_their_label() -> None:
+    """Issue 20: MedBullets figure items have option texts that are letters; a boxed letter names the label."""
+    from pathlib import Path
+
+    from evaluation.benchmarks import load_benchmark
+    from evaluation.config import BenchmarkConfig
+
+    path = Path(__file__).parent / "fixtures" / "eval" / "medbullets_op4.jsonl"
+    samples = load_benchmark(BenchmarkConfig(name="medbullets_op4", path=str(path)))
+    assert len(samples) == 6
+    letter_texts = [s for s in samples if any(t.strip() in s.options for t in s.options.values())]
+    assert len(letter_texts) == 2
+    for sample in samples:
+        key = sample.answer_label
+        assert judge(f"The answer is \\boxed{{{key}}}", sample.options, key) == "correct", sample
+        assert judge(f"Answer: {key}", sample.options, key) == "correct", sample
+        wrong = next(label for label in sample.options if label != key)
+        assert judge(f"\\boxed{{{wrong}}}", sample.options, key) == "wrong", sample
+    figure = letter_texts[0]  # A. B / B. C / C. A / D. E, key C
+    # The option whose text is "C" is B: the old reading of \boxed{C} as B's text scored this wrong.
+    assert extract_answer("\\boxed{C}", figure.options).label == "C"
+    assert extract_answer("\\boxed{E}", figure.options).label == "D"  # E is not a label: option D's text
+    # m1 mode reads letters before option texts already: it agrees.
+    assert extract_answer("The answer is \\boxed{C}", figure.options, mode="m1").label == "C"
+    assert m1_match("Answer: C", figure.options).last == "C"
