@@ -17,19 +17,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curation.errors import UserError, redact_secrets
+from curation.errors import UserError, looks_secret, redact_secrets
 
 Format = Literal["medqa", "medmcqa", "headqa", "pubmedqa", "mcq"]
 
 # Keys whose values never reach files or logs. Engines name the environment variable that holds a key
 # (api_key_env); a literal key in the config is refused outright.
 SECRET_KEYS = {"api_key", "apikey", "token", "password", "secret", "authorization"}
+# Key names whose values are secrets wherever they appear (an engine's env_vars: HF_TOKEN, OPENAI_API_KEY,
+# AWS_SECRET_ACCESS_KEY): matched on whole `_`/`-`-separated words, so max_tokens or api_key_env are not secrets.
+SECRET_KEY_NAME = re.compile(
+    r"(?i)^(?:.*[_-])?(?:api[_-]?key|apikey|access[_-]?key|token|password|passwd|secret|authorization|"
+    r"credentials?|cookie)(?:[_-](?:id|key|value))?$"
+)
+
+
+def is_secret_key(key: Any) -> bool:
+    """Whether a mapping key names a secret (``api_key``, ``HF_TOKEN``, ``aws_secret_access_key``)."""
+    return str(key).lower() in SECRET_KEYS or bool(SECRET_KEY_NAME.match(str(key)))
 
 
 class ConfigError(UserError, ValueError):
@@ -381,6 +393,28 @@ class CurationConfig(Strict):
             raise ValueError(f"source names must be unique; repeated: {dups}")
         return sources
 
+    @field_validator("engines")
+    @classmethod
+    def _validate_engines(cls, engines: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Every engine is checked when the config loads, whether or not a stage uses it: a key pasted into an
+        # unused engine must stop the run before anything is written (the manifest records the whole config).
+        from pydantic import TypeAdapter
+
+        from curation.engines.config import EngineConfig
+
+        adapter = TypeAdapter(EngineConfig)
+        problems: list[tuple[str, str]] = []
+        for name, raw in engines.items():
+            try:
+                adapter.validate_python(raw)
+            except ValidationError as exc:
+                problems.extend(NestedError(str(name), exc).problems)
+        if problems:
+            err = NestedError.single(*problems[0])
+            err.problems = problems
+            raise err
+        return engines
+
     def engine(self, name: str) -> Any:
         """The validated engine config named ``name`` (engines are validated when first used)."""
         from pydantic import TypeAdapter
@@ -418,12 +452,19 @@ def _find_secrets(obj: Any, path: str = "") -> list[str]:
     if isinstance(obj, dict):
         for k, v in obj.items():
             key_path = f"{path}.{k}" if path else str(k)
-            if str(k).lower() in SECRET_KEYS and v not in (None, ""):
+            if is_secret_key(k) and v not in (None, ""):
                 found.append(key_path)
-            found.extend(_find_secrets(v, key_path))
+            elif k == "api_key_env":
+                continue  # the engine's own check says what this must be (a variable's name), unechoed
+            elif looks_secret(str(k)):
+                found.append(f"{path}.<a key-shaped key>" if path else "<a key-shaped key>")
+            else:
+                found.extend(_find_secrets(v, key_path))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             found.extend(_find_secrets(v, f"{path}.{i}"))
+    elif isinstance(obj, str) and looks_secret(obj):
+        found.append(path or "<value>")  # a key pasted as any value: a header, a model name, a URL, a prompt
     return found
 
 
@@ -497,7 +538,8 @@ def load_config(path: str | Path) -> CurationConfig:
     if secrets:
         raise ConfigError(
             f"{path}: {', '.join(secrets)}: secrets do not belong in config files; "
-            "name the environment variable that holds them instead (api_key_env: DEEPSEEK_API_KEY)"
+            "name the environment variable that holds them instead (api_key_env: DEEPSEEK_API_KEY); "
+            "the values are not shown"
         )
     _resolve_paths(raw, path.parent)
     try:
@@ -518,17 +560,30 @@ def preset_section(preset: str, section: str) -> dict[str, Any]:
     return dict(raw[section])
 
 
+def scrub_secrets(obj: Any) -> Any:
+    """Plain data with every secret removed: values under secret-named keys (``api_key``, ``HF_TOKEN`` in an
+    engine's env_vars, an ``Authorization`` header), key-shaped text in any string, and the password of a URL
+    (``https://user:pass@host``). What manifests, stage records and logs get."""
+    if isinstance(obj, dict):
+        return {
+            redact_secrets(str(k)) if isinstance(k, str) else k: (
+                "<redacted>" if is_secret_key(k) and v not in (None, "") else scrub_secrets(v)
+            )
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [scrub_secrets(v) for v in obj]
+    if isinstance(obj, str):
+        return _URL_PASSWORD.sub(r"\1<redacted>@", redact_secrets(obj))
+    return obj
+
+
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+
+
 def redacted(cfg: CurationConfig) -> dict[str, Any]:
     """The config as plain data with anything secret-looking removed (safe for manifests and logs)."""
-
-    def scrub(obj: Any) -> Any:
-        if isinstance(obj, dict):
-            return {k: ("<redacted>" if str(k).lower() in SECRET_KEYS else scrub(v)) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [scrub(v) for v in obj]
-        return obj
-
-    return scrub(cfg.model_dump(mode="json"))
+    return scrub_secrets(cfg.model_dump(mode="json"))
 
 
 def stable_hash(obj: Any) -> str:

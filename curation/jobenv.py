@@ -66,6 +66,11 @@ def check_run_dir(run_dir: str, *, what: str = "--run-dir") -> None:
     Outside a job, any path is fine. Inside one, the run dir must be a URI (``s3://``, ``gs://``, ...) or an
     absolute path outside the unpacked working dir (storage every node sees at the same path).
     """
+    if not run_dir.strip():
+        # "" would mean the current folder: a run's tables, ledger and manifest spread over wherever one stands.
+        raise JobPathError(
+            f"{what} is empty; name the run's folder (e.g. {what} runs/m23k) or a URI (s3://bucket/runs/m23k)"
+        )
     if job_config() is None or _is_uri(run_dir):
         return
     cwd = Path.cwd().resolve()
@@ -165,3 +170,12 @@ def provenance() -> dict[str, Any]:
     """Which code wrote something: git commit (the checkout's, else the one the job submitter attached), the
     code hash, and the Ray job id. Recorded with every committed table, whichever command commits it."""
     return {"git_commit": git_commit() or submitted_commit(), "code_hash": code_hash(), "ray_job": job_id()}
+
+
+def nonempty_path(text: str) -> str:
+    """argparse type: a path that is not empty or blank ("" would silently mean the current folder)."""
+    if not text.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError("must name a file or folder, got an empty string")
+    return text

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from curation import __version__
-from curation.config import ConfigError, CurationConfig, redacted, stable_hash
+from curation.config import ConfigError, CurationConfig, redacted, scrub_secrets, stable_hash
 from curation.errors import RunConflictError, UserError
 from curation.jobenv import portable_paths, provenance
+from curation.rundir import run_exit_cleanups
 from curation.store.runstore import RunStore, TableVersion, utc_now
 
 
@@ -152,11 +153,13 @@ def _hard_deadline(seconds: float, message: str) -> Iterator[None]:
             left = end - time.monotonic()
             if left <= 0:
                 os.write(2, (message + "\n").encode())
+                run_exit_cleanups()  # a run directory this command created, still empty, goes too
                 os._exit(2)
             ready, _, _ = select.select([read_fd], [], [], min(left, 0.2))
             if ready and not done.is_set():
                 if {signal.SIGTERM, signal.SIGINT} & set(os.read(read_fd, 64)):
                     os.write(2, b"\nm1: interrupted while connecting to Ray\n")
+                    run_exit_cleanups()
                     os._exit(130)
 
     watcher = threading.Thread(target=watch, name="ray-connect-watchdog", daemon=True)
@@ -348,7 +351,8 @@ def run_stages(
         else:
             log(f"[{stage.name}] not configured; skipping")
     # Paths under the working dir are hashed relative to it: a `ray job submit` unpacks it elsewhere each time.
-    own_by_stage = {stage.name: portable_paths(stage.hash_inputs(cfg)) for stage in active}
+    # Secrets never reach a stage record (an engine's env_vars, headers): what is hashed is what is recorded.
+    own_by_stage = {stage.name: portable_paths(scrub_secrets(stage.hash_inputs(cfg))) for stage in active}
     conflicts = find_conflicts(active, own_by_stage, store)
     if conflicts:
         if not force:

@@ -227,6 +227,11 @@ def list_files(path: str) -> list[tuple[str, str, str]]:
     """(absolute path, display name, kind) of every readable file under ``path``, in deterministic order."""
     try:
         return _list_files(path)
+    except PermissionError as exc:
+        raise IngestError(
+            f"{exc.filename or path}: permission denied: the folder cannot be listed or read by this user "
+            f"(uid {os.geteuid()}); check its permissions (ls -ld)"
+        ) from None
     except OSError as exc:
         raise IngestError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from None
 
@@ -243,13 +248,19 @@ def _list_files(path: str) -> list[tuple[str, str, str]]:
             )
         return [(str(p.resolve()), p.name, kind)]
     found = []
-    for f in sorted(p.rglob("*"), key=lambda q: q.relative_to(p).as_posix()):
+
+    # os.walk with onerror, not Path.rglob: rglob skips a folder it may not list (permission denied) in silence,
+    # and an unreadable input folder would then read as an empty one.
+    def refuse(exc: OSError) -> None:
+        raise exc
+
+    files = []
+    for dirpath, dirnames, filenames in os.walk(p, onerror=refuse):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files.extend(Path(dirpath) / name for name in filenames if not name.startswith("."))
+    for f in sorted(files, key=lambda q: q.relative_to(p).as_posix()):
         kind = SUFFIX_KINDS.get(f.suffix.lower())
-        if (
-            f.is_file()
-            and kind is not None
-            and not any(part.startswith(".") for part in f.relative_to(p).parts)
-        ):
+        if kind is not None and f.is_file():
             found.append((str(f.resolve()), f"{p.name}/{f.relative_to(p).as_posix()}", kind))
     if not found:
         raise IngestError(f"{path}: folder holds no {', '.join(sorted(SUFFIX_KINDS))} files")

@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 
+from curation.jobenv import nonempty_path
 from curation.store.runstore import RunStore
 
 SQL: dict[str, str] = {
@@ -453,7 +454,7 @@ def add_parser(subparsers: Any) -> Any:
         help="write one self-contained HTML report of a run (funnel, mix, lengths, cost, SFT, accuracy)",
     )
     parser.add_argument("run_dir")
-    parser.add_argument("--out", help="output file (default RUN_DIR/report.html)")
+    parser.add_argument("--out", type=nonempty_path, help="output file (default RUN_DIR/report.html)")
     parser.add_argument("--title", help="page title")
     parser.add_argument("--banner", help="a note shown at the top (e.g. 'tiny-model demonstration')")
     parser.set_defaults(func=_cli)

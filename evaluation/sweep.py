@@ -421,10 +421,15 @@ def add_parser(subparsers: Any) -> Any:
 
 
 def _cli(args: Any) -> int:
+    from curation.modelpath import check_model_path
+    from curation.rundir import new_run_dir
     from evaluation.config import load_eval_config
 
     cfg = load_eval_config(args.config)
-    summary = run_eval(cfg, args.run_dir)
+    for i, model in enumerate(cfg.models):  # before any Ray worker starts
+        check_model_path(model.model, f"models.{i}.model ({model.name})", source=str(args.config))
+    with new_run_dir(args.run_dir):  # a failing first eval leaves no empty run directory behind
+        summary = run_eval(cfg, args.run_dir)
     print(
         f"m1 eval: {summary['cells_run']} cells run, {summary['cells_skipped']} already finished, "
         f"{summary['wall_s']:.1f} s"

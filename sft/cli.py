@@ -21,10 +21,12 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
+    from curation.modelpath import check_model_path
     from sft.config import load_sft_config
     from sft.train import run_sft
 
     cfg = load_sft_config(args.config, _overrides(args.set or []))
+    check_model_path(cfg.model.path, "model.path", source=str(args.config))  # before any Ray worker starts
     result = run_sft(cfg, resume=args.resume, force=args.force)
     print(
         f"[sft] {cfg.name}: {result.steps} optimizer steps in {result.wall_s:.0f} s\n"

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from curation.config import ConfigError, Strict, format_validation_error, load_yaml
+from curation.config import ConfigError, NestedError, Strict, format_validation_error, load_yaml
 
 
 class Columns(Strict):
@@ -123,6 +123,14 @@ class SFTConfig(Strict):
     inject_failure: FaultInjection | None = None
 
     @model_validator(mode="after")
+    def _run_dir_named(self) -> SFTConfig:
+        if not self.run_dir.strip():
+            raise NestedError.single(
+                "run_dir", "is empty; name the run's folder (it would be the current one)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _batch_divides(self) -> SFTConfig:
         per_step = self.train.per_device_batch_size * self.resources.num_workers
         if self.train.global_batch_size % per_step:
@@ -165,7 +173,9 @@ def load_sft_config(path: str | Path, overrides: dict | None = None) -> SFTConfi
             local = (path.parent / value).expanduser()
             if section == "data" or value.startswith((".", "/", "~")) or local.exists():
                 node[key] = _resolve(path.parent, value)
-    if isinstance(raw.get("run_dir"), str):
+    if (
+        isinstance(raw.get("run_dir"), str) and raw["run_dir"].strip()
+    ):  # "" is refused, not the config's folder
         raw["run_dir"] = _resolve(path.parent, raw["run_dir"])
     for dotted, value in (overrides or {}).items():
         node = raw

@@ -207,15 +207,14 @@ def test_a_key_pasted_as_api_key_env_is_never_echoed(
     with pytest.raises(ValidationError) as info:
         OpenAIEngineConfig(base_url="https://api.example.com/v1", api_key_env="sk_live_abcdefghijkl")
     assert "abcdefghijkl" not in str(info.value)
-    # Through the config and the CLI: the engine is validated when a stage uses it.
+    # Through the config: every engine is validated when the config loads, used by a stage or not.
     config = write_config(
         tmp_path,
         "sources:\n  - {name: a, format: medqa, path: x}\n"
         f"engines:\n  teacher: {{kind: openai, base_url: 'https://api.example.com/v1', api_key_env: '{KEY}'}}\n",
     )
-    cfg = load_config(config)
     with pytest.raises(Exception) as info:
-        cfg.engine("teacher")
+        load_config(config)
     assert KEY not in str(info.value) and "engines.teacher.openai.api_key_env" in str(info.value)
 
 
@@ -250,9 +249,11 @@ def test_no_error_echoes_a_key_whatever_the_field(
 def test_redaction_of_key_shapes() -> None:
     from curation.errors import redact_secrets
 
-    text = f"x {KEY} Bearer abcdefgh12345678 api_key=hunter2hunter2 hf_abcdefghijklmnop"
+    token = "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH"  # a Hugging Face token: hf_ + 34 alphanumerics
+    text = f"x {KEY} Bearer abcdefgh12345678 api_key=hunter2hunter2 {token}"
     scrubbed = redact_secrets(text)
-    assert all(s not in scrubbed for s in (KEY, "abcdefgh12345678", "hunter2hunter2", "hf_abcdefghijklmnop"))
+    assert all(s not in scrubbed for s in (KEY, "abcdefgh12345678", "hunter2hunter2", token))
+    # More both ways in tests/test_secrets.py (an ordinary folder named hf_cache is not a token).
     plain = "/tmp/run/tables/questions/v-20260101T000000-abcd1234 qid 3f2a9c1d0b7e4f5a6b7c8d9e0f1a2b3c"
     assert redact_secrets(plain) == plain  # paths and hex digests are not keys
 
@@ -678,7 +679,7 @@ def test_unreachable_s3_run_dir_fails_in_seconds(tmp_path: Path, capsys: pytest.
     ("name", "content", "needles"),
     [
         ("missing.jsonl", None, ["missing.jsonl: no such file or folder"]),
-        ("garbage.jsonl", "\x00\x01garbage\n", ["garbage.jsonl: not JSON lines"]),
+        ("garbage.jsonl", "\x00\x01garbage\n", ["garbage.jsonl: record 1 (line 1)", "not valid JSON"]),
         (
             "columns.jsonl",
             '{"question": "Q", "text": "A"}\n',
@@ -698,6 +699,27 @@ def test_unreachable_s3_run_dir_fails_in_seconds(tmp_path: Path, capsys: pytest.
             "array_dup.json",
             '[{"prompt": "Q1", "prompt": "Q2", "distilled_answer_string": "A", "reasoning": "r"}]',
             ["array_dup.json: a record repeats the key 'prompt'"],
+        ),
+        (
+            "deep.jsonl",
+            '{"prompt": "Q1", "distilled_answer_string": "A", "reasoning": "r"}\n{"prompt": '
+            + "[" * 100_000
+            + "]" * 100_000
+            + "}\n",
+            ["deep.jsonl: record 2 (line 2): the JSON is nested too deeply"],
+        ),
+        (
+            "type1.jsonl",
+            '{"prompt": 7, "distilled_answer_string": "A", "reasoning": "r"}\n'
+            '{"prompt": "Q2", "distilled_answer_string": "A", "reasoning": "r"}\n',
+            ["type1.jsonl: record 1: column 'prompt' is a number, expected text"],
+        ),
+        (
+            "type3.jsonl",
+            '{"prompt": "Q1", "distilled_answer_string": "A", "reasoning": "r"}\n\n'
+            '{"prompt": "Q2", "distilled_answer_string": "A", "reasoning": "r"}\n'
+            '{"prompt": "Q3", "distilled_answer_string": ["A"], "reasoning": "r"}\n',
+            ["type3.jsonl: record 3: column 'distilled_answer_string' is a list, expected text"],
         ),
         ("traces.txt", "x", ["traces.txt: expected .jsonl"]),
         ("bad.parquet", "not parquet", ["bad.parquet: not a readable Parquet"]),
@@ -780,6 +802,226 @@ def test_tiny_model_into_an_existing_file(tmp_path: Path, capsys: pytest.Capture
     target = tmp_path / "model"
     target.write_text("x")
     user_error(cli(capsys, "tiny-model", target), f"{target}: exists and is a file")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (
+            ["tiny-model", "{tmp}/m", "--vocab-size", "10"],
+            ["--vocab-size: must be between 512 and 262144", "got 10"],
+        ),
+        (
+            ["tiny-model", "{tmp}/m", "--vocab-size", "-1"],
+            ["--vocab-size: must be between 512 and 262144", "got -1"],
+        ),
+        (
+            ["synth", "{tmp}/m", "--rows", "5", "--dup-exact-frac", "2"],
+            ["--dup-exact-frac: must be a share", "0 and 1"],
+        ),
+        (
+            ["synth", "{tmp}/m", "--rows", "5", "--dup-near-frac", "-0.5"],
+            ["--dup-near-frac: must be a share"],
+        ),
+        (
+            ["synth", "{tmp}/m", "--rows", "5", "--dup-exact-frac", "nan"],
+            ["--dup-exact-frac: must be a share"],
+        ),
+        (["synth", "", "--rows", "5"], ["out_dir: must name a file or folder"]),
+        (["export", "{tmp}/run", "--out", " "], ["--out: must name a file or folder"]),
+        (["report", "{tmp}/run", "--out", ""], ["--out: must name a file or folder"]),
+        (["ledger-import", "{tmp}/t.jsonl", "--ledger", "", "--model", "m"], ["--ledger: must name"]),
+    ],
+    ids=[
+        "vocab-10",
+        "vocab-negative",
+        "synth-exact-2",
+        "synth-near-negative",
+        "synth-nan",
+        "synth-empty-out",
+        "export-blank-out",
+        "report-empty-out",
+        "ledger-import-empty-ledger",
+    ],
+)
+def test_bad_arguments_are_usage_errors_with_the_allowed_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needles: list[str]
+) -> None:
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        main([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert sorted(os.listdir(tmp_path)) == before, "nothing was written"
+
+
+def test_synth_duplicate_shares_must_add_up_to_at_most_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["synth", tmp_path / "out", "--rows", "5", "--dup-exact-frac", "0.6", "--dup-near-frac", "0.5"]
+    user_error(cli(capsys, *args), "0.6 + --dup-near-frac 0.5 = 1.1", "at most 1")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("run_dir", ["", "   "], ids=["empty", "blank"])
+@pytest.mark.parametrize("command", ["curate", "eval", "demo", "export", "report"])
+def test_an_empty_run_dir_is_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    run_dir: str,
+) -> None:
+    """Was: `m1 curate cfg --run-dir ""` exited 0 with the run written into the current folder."""
+    config = source_config(tmp_path, "x.jsonl")
+    args = {
+        "curate": ["curate", config, "--run-dir", run_dir],
+        "eval": ["eval", config, "--run-dir", run_dir],
+        "demo": ["demo", "--run-dir", run_dir],
+        "export": ["export", run_dir, "--out", tmp_path / "o.jsonl"],
+        "report": ["report", run_dir],
+    }[command]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    user_error(cli(capsys, *args), "--run-dir is empty")
+    assert sorted(os.listdir(tmp_path)) == before, "nothing was written"
+
+
+def test_sft_run_dir_must_not_be_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(
+        tmp_path, "name: x\nrun_dir: ''\ndata: {table: curated}\nmodel: {path: Org/model}\n", "sft.yaml"
+    )
+    user_error(cli(capsys, "sft", config), "sft.yaml: run_dir: is empty")
+
+
+def _eval_config(folder: Path, model: str, bench: str = "bench.jsonl") -> Path:
+    write_jsonl(folder / "bench.jsonl", [medqa_row(i) for i in range(2)])
+    return write_config(
+        folder,
+        f"models:\n  - {{name: m, model: '{model}'}}\n"
+        f"benchmarks:\n  - {{name: b, path: {bench}, format: medqa, split: test}}\nbudgets: [8]\n",
+        "eval.yaml",
+    )
+
+
+def _sft_config(folder: Path, model: str) -> Path:
+    return write_config(
+        folder,
+        f"name: x\nrun_dir: run\ndata: {{table: curated}}\nmodel: {{path: '{model}'}}\n"
+        "resources: {num_workers: 1}\ntrain: {global_batch_size: 1}\n",
+        "sft.yaml",
+    )
+
+
+@pytest.mark.parametrize("command", ["sft", "eval"])
+@pytest.mark.parametrize(
+    ("model", "needles"),
+    [
+        ("./no/such/model", ["no such folder"]),
+        ("/definitely/not/here", ["'/definitely/not/here': no such folder"]),
+        ("a/b/c", ["no such folder (and not a hub id of the form org/name)"]),
+        (
+            "Org/not-in-the-cache",
+            ["'Org/not-in-the-cache'", "HF_HUB_OFFLINE is set", "cache does not hold it"],
+        ),
+        ("FILE", ["is a file, not a model folder"]),
+        ("EMPTYDIR", ["is not a Hugging Face model folder (no config.json in it)"]),
+    ],
+    ids=["relative-missing", "absolute-missing", "three-parts", "hub-id-offline", "a-file", "no-config-json"],
+)
+def test_a_model_path_that_cannot_load_is_named_before_any_worker_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    model: str,
+    needles: list[str],
+) -> None:
+    """Was: tracebacks from inside Ray workers (OSError: Repo id must be..., HFValidationError)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "weights.bin").write_text("x")
+    (tmp_path / "empty").mkdir()
+    model = {"FILE": str(tmp_path / "weights.bin"), "EMPTYDIR": str(tmp_path / "empty")}.get(model, model)
+    if command == "sft":
+        config = _sft_config(tmp_path, model)
+        result, key = cli(capsys, "sft", config), "model.path"
+    else:
+        config = _eval_config(tmp_path, model)
+        result, key = cli(capsys, "eval", config, "--run-dir", tmp_path / "run"), "models.0.model (m)"
+    user_error(result, str(config), key, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_check_accepts_a_model_folder_and_an_online_hub_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from curation.modelpath import check_model_path
+
+    (tmp_path / "config.json").write_text("{}")
+    check_model_path(str(tmp_path), "model.path")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    check_model_path("Qwen/Qwen2.5-7B-Instruct", "model.path")  # left to transformers/vLLM with hub access
+
+
+def test_a_failing_eval_leaves_no_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: the run directory was created before the benchmarks were read, and stayed behind empty."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    config = _eval_config(tmp_path, str(model), bench="missing.jsonl")
+    user_error(cli(capsys, "eval", config, "--run-dir", tmp_path / "run"), "missing.jsonl")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unreadable_input_folder_says_permission_denied(tmp_path: Path) -> None:
+    """Was: "folder holds no .csv, .json, ... files". Root reads any folder, so the command runs as `nobody`
+    (setpriv) on a folder that user may not list; where that is impossible, the listing error is simulated."""
+    import shutil as sh
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="m1-perm-", dir="/tmp"))
+    try:
+        root.chmod(0o777)
+        pool = root / "pool"
+        pool.mkdir()
+        write_jsonl(pool / "a.jsonl", [medqa_row(1)])
+        pool.chmod(0o700)  # owner only: `nobody` may not list it
+        config = source_config(root, pool)
+        config.chmod(0o644)
+        setpriv = sh.which("setpriv")
+        if os.geteuid() == 0 and setpriv:
+            command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        elif os.geteuid() != 0:
+            pool.chmod(0)
+            command = []
+        else:
+            pytest.skip("running as root without setpriv: no user to deny the listing to")
+        out = subprocess.run(
+            [
+                *command,
+                sys.executable,
+                "-m",
+                "curation.cli",
+                "curate",
+                str(config),
+                "--run-dir",
+                str(root / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(root), "RAY_ADDRESS": ""},
+            cwd=root,
+        )
+        assert out.returncode == 2, out.stderr
+        assert f"{pool}: permission denied" in out.stderr and "holds no" not in out.stderr
+        assert "Traceback" not in out.stderr
+        assert not (root / "run").exists()
+    finally:
+        pool.chmod(0o755)
+        sh.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------- real m1
@@ -886,6 +1128,7 @@ def test_real_m1_gives_up_on_a_listener_that_is_not_ray(tmp_path: Path, silent_l
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"cannot connect to the Ray cluster at '{silent_listener}' (no answer within 6 s)" in out.stderr
     assert time.monotonic() - started < 60
+    assert not (tmp_path / "run").exists(), "the watchdog's exit leaves no empty run directory behind"
 
 
 def _project_models() -> list[type]:

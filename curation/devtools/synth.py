@@ -32,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.jobenv import nonempty_path
 from curation.prompt import normalize_text
 
 
@@ -1027,6 +1028,7 @@ def generate_pool(
     ``accidental_exact`` pairs [row, first row with the same content] where templates collided by chance;
     rows are 0-based.
     """
+    check_dup_fracs(dup_exact_frac, dup_near_frac)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if format == "mixed":
@@ -1077,25 +1079,58 @@ def generate_pool(
     return summary
 
 
+def fraction(text: str) -> float:
+    """argparse type: a share of the rows, a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a share of the rows between 0 and 1, got {text}")
+    return value
+
+
+def check_dup_fracs(dup_exact_frac: float, dup_near_frac: float) -> None:
+    """Both shares in [0, 1] and together at most 1 (the rest are fresh rows); ValueError otherwise."""
+    for name, value in (("dup_exact_frac", dup_exact_frac), ("dup_near_frac", dup_near_frac)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    if dup_exact_frac + dup_near_frac > 1.0:
+        raise ValueError(
+            f"--dup-exact-frac {dup_exact_frac:g} + --dup-near-frac {dup_near_frac:g} = "
+            f"{dup_exact_frac + dup_near_frac:g}: the duplicate shares must add up to at most 1"
+        )
+
+
 def add_parser(subparsers: Any) -> None:
     """``m1 synth OUT_DIR --rows N --seed S``."""
     from curation.cli import positive_int
 
     p = subparsers.add_parser("synth", help="write a synthetic pool with known exact and near duplicates")
-    p.add_argument("out_dir")
+    p.add_argument("out_dir", type=nonempty_path)
     p.add_argument("--rows", type=positive_int, required=True, help="rows to write (at least 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="medmcqa", choices=[*MIXED_SHARES, "mixed"])
-    p.add_argument("--dup-exact-frac", type=float, default=0.02)
-    p.add_argument("--dup-near-frac", type=float, default=0.03)
+    p.add_argument(
+        "--dup-exact-frac", type=fraction, default=0.02, help="share of rows that copy an earlier row (0-1)"
+    )
+    p.add_argument(
+        "--dup-near-frac", type=fraction, default=0.03, help="share of rows that edit an earlier row (0-1)"
+    )
     p.add_argument(
         "--parquet", action="store_true", help="write MedQA/MedMCQA rows as Parquet instead of JSONL"
     )
-    p.add_argument("--workers", type=int, default=1, help="processes generating chunks")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes generating chunks")
     p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from curation.errors import UserError
+
+    try:
+        check_dup_fracs(args.dup_exact_frac, args.dup_near_frac)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     summary = generate_pool(
         args.out_dir,
         args.rows,

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from curation.jobenv import nonempty_path
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 ENDOFTEXT_ID, IM_START_ID, IM_END_ID = 0, 1, 2
 
@@ -257,6 +259,23 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
     return tokenizer
 
 
+# The BPE vocabulary: the 256 byte ids plus room for merges, up to what a "tiny" model's embedding should hold.
+MIN_VOCAB, MAX_VOCAB = 512, 262_144
+
+
+def vocab_size_arg(text: str) -> int:
+    """argparse type for --vocab-size: a whole number in [MIN_VOCAB, MAX_VOCAB] (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not MIN_VOCAB <= value <= MAX_VOCAB:
+        raise argparse.ArgumentTypeError(
+            f"must be between {MIN_VOCAB} and {MAX_VOCAB} (256 byte ids plus merges), got {value}"
+        )
+    return value
+
+
 def build_tiny_model(
     out_dir: str | Path, *, corpus: Iterable[str] | None = None, vocab_size: int = 4096, seed: int = 0
 ) -> Path:
@@ -267,10 +286,11 @@ def build_tiny_model(
     import torch
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+    if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        why = "too small: the byte alphabet alone takes 256 ids" if vocab_size < MIN_VOCAB else "too large"
+        raise ValueError(f"vocab_size must be between {MIN_VOCAB} and {MAX_VOCAB}, got {vocab_size} ({why})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if vocab_size < 512:
-        raise ValueError(f"vocab_size {vocab_size} is too small: the byte alphabet alone takes 256 ids")
     # Default corpus: the sample pool's questions plus the built-in lines (which also carry the m1 answer
     # format: \boxed{}, "Wait", option letters), so frequent words of both become single tokens.
     texts = list(corpus) if corpus is not None else sample_pool_corpus() + builtin_corpus()
@@ -333,8 +353,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="build the tiny random-init model (nonsense; for offline tests and demos)",
         description=NOTE,
     )
-    parser.add_argument("dir", help="output directory (created)")
-    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default 4096)")
+    parser.add_argument("dir", type=nonempty_path, help="output directory (created)")
+    parser.add_argument(
+        "--vocab-size",
+        type=vocab_size_arg,
+        default=4096,
+        help=f"BPE vocabulary size, {MIN_VOCAB}..{MAX_VOCAB} (default 4096)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="weight-init seed (default 0)")
     parser.set_defaults(func=_run_cli)
     return parser

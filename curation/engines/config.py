@@ -7,13 +7,19 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.engines.vllm_engine import VLLMEngineConfig
-from curation.errors import redact_secrets
+from curation.errors import looks_secret, redact_secrets
+
+# What an environment variable's name may be (POSIX portable names); a pasted key never matches it.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Header names that carry credentials: their values are refused in configs (api_key_env is the way to pass a key).
+_CREDENTIAL_HEADER = re.compile(r"(?i)auth|api[-_]?key|token|secret|cookie|password|signature|credential")
 
 
 class Price(BaseModel):
@@ -99,13 +105,19 @@ class OpenAIEngineConfig(BaseModel):
             raise ValueError(
                 f"base_url must be an http(s) URL such as https://host/v1, got {redact_secrets(repr(value))}"
             )
+        # user:password@host or ?key=... would reach the ledger's `engine` column, logs and the manifest.
+        if parts.username is not None or parts.password is not None or looks_secret(value):
+            raise ValueError(
+                "base_url must not carry credentials (user:password@, a key in the query); name the "
+                "environment variable that holds the key in api_key_env (the value given is not shown)"
+            )
         return value.rstrip("/")
 
     @field_validator("api_key_env")
     @classmethod
     def _check_api_key_env(cls, value: str | None) -> str | None:
         # A literal key pasted here would end up in logs and run records: accept variable names only.
-        if value is not None and (not value.replace("_", "").isalnum() or redact_secrets(value) != value):
+        if value is not None and (not ENV_NAME.match(value) or looks_secret(value)):
             raise ValueError(
                 "api_key_env must be the NAME of an environment variable (letters, digits, _) such as "
                 "DEEPSEEK_API_KEY, never the key itself (the value given is not shown)"
@@ -115,9 +127,12 @@ class OpenAIEngineConfig(BaseModel):
     @field_validator("extra_headers")
     @classmethod
     def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        banned = [k for k in value if k.lower() in ("authorization", "api-key", "x-api-key")]
+        banned = [k for k, v in value.items() if _CREDENTIAL_HEADER.search(k) or looks_secret(str(v))]
         if banned:
-            raise ValueError(f"extra_headers must not carry credentials ({banned}); use api_key_env")
+            raise ValueError(
+                f"extra_headers must not carry credentials ({[redact_secrets(k) for k in banned]}); "
+                "use api_key_env (the values are not shown)"
+            )
         return value
 
     @property

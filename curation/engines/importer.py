@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 from curation.engines.ledger import Ledger
 from curation.engines.request import make_request, response_row, responses_table
 from curation.errors import UserError
+from curation.jobenv import nonempty_path
 from curation.readers import DuplicateKeyError, loads_strict
 
 CHUNK_ROWS = 50_000
@@ -49,14 +51,14 @@ class ImportFileError(UserError, ValueError):
     """A file to import cannot be read as records; the message names the file and the record."""
 
 
-_ARROW_ROW = re.compile(r"^(?:JSON parse error: )?(.*?)\s*in row (\d+)\s*$", re.S)
+Records = tuple[list[str], list[dict[str, Any]]]
 
 
-def read_records(path: str) -> pa.Table:
-    """A JSONL/JSON-lines file, a JSON array file, or a Parquet file or folder, as one table.
+def read_records(path: str) -> Records:
+    """(column names, records) of a JSONL/JSON-lines file, a JSON array file, or a Parquet file or folder.
 
-    Anything unreadable (missing, not JSON, truncated, a repeated key, not Parquet) is an ImportFileError that
-    names the file and, for JSON lines, the record.
+    Anything unreadable (missing, not JSON, truncated, a repeated key, nested too deeply, not Parquet) is an
+    ImportFileError that names the file and, for JSON, the record (1-based) and its line.
     """
     source = Path(path)
     if not source.exists():
@@ -65,7 +67,8 @@ def read_records(path: str) -> pa.Table:
         if source.is_dir() or source.suffix == ".parquet":
             import pyarrow.dataset as pads
 
-            return pads.dataset(str(source), format="parquet").to_table()
+            table = pads.dataset(str(source), format="parquet").to_table()
+            return table.column_names, table.to_pylist()
         if source.suffix in (".jsonl", ".json", ".ndjson"):
             return _read_json_records(source)
     except OSError as exc:
@@ -75,39 +78,91 @@ def read_records(path: str) -> pa.Table:
     raise ImportFileError(f"{path}: expected .jsonl/.json/.ndjson or .parquet (file or folder)")
 
 
-def _read_json_records(source: Path) -> pa.Table:
-    import pyarrow.json as pajson
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r))
 
+
+def _read_json_records(source: Path) -> Records:
+    # Python's decoder, line by line, not pyarrow's: pyarrow recurses in C on nested values (a line nested
+    # 100,000 levels deep killed the process with SIGSEGV) and reports type changes at the record after the odd
+    # one out. Here a too-deep value is a RecursionError, and records are numbered as the user counts them.
     with open(source, "rb") as f:
         head = f.read(4096).lstrip()
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:].lstrip()
-    if head.startswith(b"["):  # a JSON array of records (pyarrow reads JSON lines only)
+    if head.startswith(b"["):  # a JSON array of records
         try:
             rows = loads_strict(source.read_text(encoding="utf-8-sig"))
         except DuplicateKeyError as exc:
             raise ImportFileError(f"{source}: a record repeats the key {exc.key!r}") from None
-        except (ValueError, RecursionError) as exc:
+        except RecursionError:
+            raise ImportFileError(
+                f"{source}: the JSON is nested too deeply to read (over ~{sys.getrecursionlimit()} levels)"
+            ) from None
+        except ValueError as exc:
             line = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
             raise ImportFileError(f"{source}{line}: not valid JSON ({exc}); is the file truncated?") from None
         bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
         if bad is not None:
             raise ImportFileError(f"{source}: element {bad} of the array is not an object with columns")
-        try:
-            return pa.Table.from_pylist(rows)
-        except pa.ArrowException as exc:
-            raise ImportFileError(f"{source}: records disagree on column types ({exc})") from None
-    try:
-        return pajson.read_json(str(source))
-    except pa.ArrowInvalid as exc:
-        match = _ARROW_ROW.match(str(exc))
-        if match:
-            what, row = match.group(1), int(match.group(2))
-            raise ImportFileError(
-                f"{source}: record {row + 1} (JSON lines: one object per line): {what.rstrip('.')}; "
-                "is the file truncated or not JSON lines?"
-            ) from None
-        raise ImportFileError(f"{source}: not JSON lines ({exc})") from None
+        return _columns(rows), rows
+    rows: list[dict[str, Any]] = []
+    with open(source, encoding="utf-8-sig", errors="surrogateescape") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{source}: record {len(rows) + 1} (line {line_no})"
+            try:
+                row = loads_strict(line)
+            except DuplicateKeyError as exc:
+                raise ImportFileError(f"{where}: the key {exc.key!r} is specified twice") from None
+            except RecursionError:
+                raise ImportFileError(
+                    f"{where}: the JSON is nested too deeply to read (over ~{sys.getrecursionlimit()} levels); "
+                    "no trace record needs that"
+                ) from None
+            except ValueError as exc:
+                what = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise ImportFileError(
+                    f"{where} (JSON lines: one object per line): not valid JSON ({what}); "
+                    "is the file truncated or not JSON lines?"
+                ) from None
+            if not isinstance(row, dict):
+                raise ImportFileError(f"{where}: a {type(row).__name__}, not an object with columns")
+            rows.append(row)
+    if not rows:
+        raise ImportFileError(f"{source}: not JSON lines (no records)")
+    return _columns(rows), rows
+
+
+def _check_types(path: str, rows: list[dict[str, Any]], text_columns: list[str], other: set[str]) -> None:
+    """The first record whose text column holds a non-string, or whose other used column holds an object or a
+    list, is an error naming that record (1-based) and column."""
+    for index, row in enumerate(rows, 1):
+        for column in text_columns:
+            value = row.get(column)
+            if value is not None and not isinstance(value, str):
+                raise ImportFileError(
+                    f"{path}: record {index}: column {column!r} is {_json_type(value)}, expected text"
+                )
+        for column in other:
+            value = row.get(column)
+            if isinstance(value, dict | list):
+                raise ImportFileError(
+                    f"{path}: record {index}: column {column!r} is {_json_type(value)}, expected text or a number"
+                )
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 def _chunks(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -139,9 +194,9 @@ def import_responses(
     """
     if kind not in ("chat", "completion"):
         raise ImportFileError(f"kind must be chat or completion, got {kind!r}")
-    table = read_records(path)
+    names, rows = read_records(path)
     template = template if template is not None else "{" + prompt_column + "}"
-    columns = set(table.column_names)
+    columns = set(names)
     template_columns = {m.group(1) for m in _PLACEHOLDER.finditer(template)} & columns
     required = (
         [text_column]
@@ -153,10 +208,13 @@ def import_responses(
         missing.append(f"any column named in the template {template!r}")
     if missing:
         raise ImportFileError(
-            f"{path}: missing column(s) {missing}; the file has {table.column_names} "
+            f"{path}: missing column(s) {missing}; the file has {names} "
             "(choose others with --text-column, --reasoning-column, --key-column, --template)"
         )
     needed = template_columns | set(required)
+    # The texts that make the request and the response must be text; only a key may also be a number.
+    text_columns = sorted(template_columns) + [text_column] + ([reasoning_column] if reasoning_column else [])
+    _check_types(path, rows, text_columns, needed - set(text_columns))
 
     engine = f"import:{name}"
     try:
@@ -169,8 +227,8 @@ def import_responses(
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
     skipped_empty = 0
-    records = table.select(sorted(needed)).to_pylist()
-    for index, record in enumerate(records):
+    for index, record in enumerate(rows):
+        record = {c: record.get(c) for c in needed}
         text = record[text_column]
         if text is None:
             skipped_empty += 1
@@ -246,8 +304,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="import recorded responses (JSONL/Parquet traces such as m23K) into a ledger",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("path", help="JSONL file, or Parquet file or folder")
-    p.add_argument("--ledger", required=True, help="ledger directory or URI")
+    p.add_argument("path", type=nonempty_path, help="JSONL file, or Parquet file or folder")
+    p.add_argument("--ledger", required=True, type=nonempty_path, help="ledger directory or URI")
     p.add_argument("--model", required=True, help="model name exactly as the stage's requests carry it")
     p.add_argument("--params", default="{}", help="sampling params as JSON, exactly as the stage sends them")
     p.add_argument("--prompt-column", default="prompt")

@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+from curation.jobenv import nonempty_path
+
 
 def _fetch(args: argparse.Namespace) -> int:
     from curation.mesh.fetch import NLM_BASE, fetch_mesh
@@ -81,7 +83,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     f = sub.add_parser("fetch", help="download descYYYY.xml and qualYYYY.xml from NLM, then parse them")
     f.add_argument("--year", type=int, required=True, help="MeSH year, e.g. 2025")
-    f.add_argument("--dir", required=True, help="folder for the XML files and the parsed tables")
+    f.add_argument(
+        "--dir", required=True, type=nonempty_path, help="folder for the XML files and the parsed tables"
+    )
     f.add_argument("--base-url", default=None, help="a mirror of NLM's MeSH folder (default: NLM)")
     f.add_argument("--force", action="store_true", help="download again even if the files are there")
     f.add_argument("--no-parse", action="store_true", help="only download")

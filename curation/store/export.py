@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.errors import UserError
+from curation.jobenv import nonempty_path
 
 FORMATS = ("parquet", "jsonl", "hf")
 
@@ -115,7 +116,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the run directory")
     p.add_argument("--table", default="curated", help="which table (default: curated)")
     p.add_argument("--format", default="jsonl", choices=FORMATS)
-    p.add_argument("--out", required=True, help="output file (parquet, jsonl) or folder (hf)")
+    p.add_argument(
+        "--out", required=True, type=nonempty_path, help="output file (parquet, jsonl) or folder (hf)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     def run(args: argparse.Namespace) -> int:
