@@ -26,6 +26,7 @@ from typing import Any
 from curation import __version__
 from curation.errors import RunDirError, UserError, redact_secrets
 from curation.jobenv import check_run_dir
+from curation.rundir import new_run_dir
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 # Commands that only read a run dir; every other command given a --run-dir writes one.
@@ -92,15 +93,11 @@ def cmd_curate(args: argparse.Namespace) -> int:
         )
     # Stages always run in pipeline order, whatever order --stages lists them in.
     stages = [registry[name]() for name in registry if name in wanted]
-    created = _is_local(args.run_dir) and not os.path.lexists(args.run_dir)
-    store = RunStore(args.run_dir)
-    print(f"m1 curate: config {config_path} -> run {store.location('')}")
-    try:
+    # A failed first run leaves no empty run behind (files are kept), also when a Ray watchdog ends the process.
+    with new_run_dir(args.run_dir):
+        store = RunStore(args.run_dir)
+        print(f"m1 curate: config {config_path} -> run {store.location('')}")
         records = run_stages(stages, cfg, store, force=args.force, dry_run=args.dry_run)
-    except BaseException:
-        if created:
-            _remove_empty_dirs(args.run_dir)  # a failed first run leaves no empty run behind (files are kept)
-        raise
     catalog = write_catalog(store, skip=set(store.missing_tables())) if store.exists() else None
     print("\nfunnel:")
     print(format_funnel(records))
@@ -111,56 +108,110 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri
-
-
-def _remove_empty_dirs(root: str) -> None:
-    """Remove ``root`` and the folders under it if they hold no file at all (never removes a file)."""
-    for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
-        try:
-            os.rmdir(dirpath)
-        except OSError:
-            pass
-
-
 # ---- sql -------------------------------------------------------------------------------------------
+def _open_run_for_sql(run_dir: str) -> Any:
+    """The run's store, after every table's footers and schema were checked; problems are warned about and the
+    table is left out, so the rest stays queryable."""
+    from curation.store.health import check_run
+    from curation.store.runstore import RunStore
+
+    store = RunStore(run_dir, create=False)
+    if not store.exists():
+        raise RunDirError(
+            f"{run_dir!r} is not a run directory (no manifest.json): has a stage committed yet?"
+        )
+    return store, check_run(store)
+
+
+def _inside_a_run(path: Path) -> Path | None:
+    """The run directory that ``path`` would be written into, if any (a folder above it holds manifest.json)."""
+    for folder in [path.parent, *path.parent.parents]:
+        if (folder / "manifest.json").is_file() and (
+            (folder / "tables").is_dir() or (folder / "ledger").is_dir()
+        ):
+            return folder
+    return None
+
+
+def _write_output(table: Any, target: str, run_root: str | None) -> None:
+    """Write query results to ``target`` (.csv, .json/.jsonl, .parquet) atomically, never inside a run."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(target).expanduser().resolve()
+    run = _inside_a_run(path)
+    if run is None and run_root is not None:
+        root = Path(run_root).resolve()
+        run = root if path == root or root in path.parents else None
+    if run is not None:
+        raise UserError(
+            f"--output {target}: that is inside the run directory {run}; m1 sql never writes into a run"
+        )
+    if not path.parent.is_dir():
+        raise UserError(f"--output {target}: no such folder {path.parent}")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json", ".jsonl", ".parquet"):
+        raise UserError(
+            f"--output {target}: unknown file type {suffix or '(none)'!r}; use .csv, .jsonl or .parquet"
+        )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if suffix == ".parquet":
+            pq.write_table(table, tmp)
+        elif suffix == ".csv":
+            pacsv.write_csv(table, tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in table.to_pylist():
+                    f.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"--output {target}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"{table.num_rows:,} rows written to {path}", file=sys.stderr)
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
     from curation.store.catalog import connect, write_catalog
-    from curation.store.runstore import RunStore
 
     if not args.query.strip():
         raise UserError(
             'the query is empty; e.g. m1 sql RUN_DIR "SELECT source, count(*) FROM questions GROUP BY 1"'
         )
-    store = RunStore(args.run_dir, create=False)
-    if not store.exists():
-        raise RunDirError(
-            f"{args.run_dir!r} is not a run directory (no manifest.json): has a stage committed yet?"
-        )
-    missing = store.missing_tables()
-    for name, rel in sorted(missing.items()):
-        print(
-            f"m1 sql: warning: table {name!r} ({rel}) has no files left (deleted by hand?); it is left out. "
-            "Rerun the stage that writes it with m1 curate --force",
-            file=sys.stderr,
-        )
-    # Rebuild the catalog (the ledger grows between commits) and query it; non-local runs, and runs whose folder is
-    # read-only, get in-memory views.
+    store, problems = _open_run_for_sql(args.run_dir)
+    for problem in problems.values():
+        print(f"m1 sql: warning: {problem.message(args.run_dir)}; it is left out", file=sys.stderr)
+    skip = set(problems)
+    # Keep catalog.duckdb current for other clients (the ledger grows between commits); a read-only run folder
+    # simply keeps the catalog it has.
     try:
-        catalog = write_catalog(store, skip=set(missing))
+        write_catalog(store, skip=skip)
     except (OSError, duckdb.Error):
-        catalog = None
-    con = duckdb.connect(catalog, read_only=True) if catalog else connect(store, skip=set(missing))
+        pass
+    con = connect(store, skip=skip)  # in-memory, over Arrow datasets, with DuckDB's file access switched off
     try:
         rel = con.sql(args.query)
+    except (duckdb.PermissionException, duckdb.InvalidInputException) as exc:
+        if not isinstance(exc, duckdb.PermissionException) and "has been locked" not in str(exc):
+            raise UserError(f"query failed: {exc}") from None
+        raise UserError(
+            f"query refused: m1 sql is read-only and reads only the run's tables ({str(exc).splitlines()[0]}); "
+            "to save results use --output FILE"
+        ) from None
     except duckdb.Error as exc:
-        raise UserError(f"query failed: {exc}") from None
+        left_out = [t for t in problems if _names_view(str(exc), t)]
+        hint = f" (table {left_out[0]!r} was left out: see the warning above)" if left_out else ""
+        raise UserError(f"query failed: {exc}{hint}") from None
     if rel is None:  # a statement without rows
         return 0
     try:
+        if args.output:
+            _write_output(rel.to_arrow_table(), args.output, store.root if store.is_local else None)
+            return 0
         if args.format == "table":
             rel.show(max_rows=args.max_rows, max_width=args.max_width)
             return 0
@@ -178,40 +229,84 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names_view(message: str, table: str) -> bool:
+    from curation.store.catalog import view_name
+
+    return f"name {view_name(table)} does not exist" in message or f'"{view_name(table)}"' in message
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from curation.store.catalog import write_catalog
+
+    store, problems = _open_run_for_sql(args.run_dir)
+    for problem in problems.values():
+        print(f"m1 catalog: warning: {problem.message(args.run_dir)}; it is left out", file=sys.stderr)
+    if not store.is_local:
+        raise UserError(
+            f"{args.run_dir}: catalog.duckdb is written for local runs only; query this run with m1 sql, or see "
+            "the README (SQL over object-store runs) for the views to paste into your own DuckDB client"
+        )
+    path = write_catalog(store, skip=set(problems), absolute=args.absolute)
+    paths = "absolute paths" if args.absolute else "paths relative to the run directory"
+    print(f"wrote {path} ({paths}); open it with: cd {store.root} && duckdb -readonly catalog.duckdb")
+    return 0
+
+
 # ---- runs ------------------------------------------------------------------------------------------
 def cmd_runs(args: argparse.Namespace) -> int:
-    from curation.store.runstore import RunStore
+    import pyarrow.fs as pafs
 
-    root = Path(args.root)
-    if not root.is_dir():
-        what = "is a file, not a folder" if root.exists() else "no such folder"
-        raise UserError(f"{args.root}: {what} (m1 runs lists the run directories under a folder)")
-    candidates = (
-        [root] if (root / "manifest.json").exists() else sorted(p for p in root.glob("*") if p.is_dir())
-    )
+    from curation.store.health import check_run
+    from curation.store.runstore import RunStore, resolve
+
+    root = args.root.rstrip("/") or "/"
+    fs, base = resolve(root)
+    try:
+        kind = fs.get_file_info(base).type
+    except OSError as exc:
+        raise UserError(f"{root}: cannot read ({str(exc).splitlines()[0]})") from None
+    if kind != pafs.FileType.Directory:
+        what = "is a file, not a folder" if kind == pafs.FileType.File else "no such folder"
+        raise UserError(f"{root}: {what} (m1 runs lists the run directories under a folder)")
+
+    def is_run(path: str) -> bool:
+        return fs.get_file_info(f"{path}/manifest.json").type == pafs.FileType.File
+
+    prefix = root[: len(root) - len(base)] if "://" in root else ""  # s3://bucket/x -> "s3://" + bucket/x
+    if is_run(base):
+        candidates = [root]
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
+        candidates = sorted(
+            (prefix + i.path if prefix else i.path) for i in infos if i.type == pafs.FileType.Directory
+        )
+    root = Path(root) if "://" not in root else root
     rows = []
     broken = 0
     for path in candidates:
-        if not (path / "manifest.json").exists():
+        if not is_run(resolve(str(path))[1]):
             continue
         try:
             store = RunStore(str(path), create=False)
             m = store.manifest
             stages = m.get("stages", {})
-            missing = store.missing_tables()
+            problems = check_run(store)
             rows.append(
                 {
                     "run": str(path),
                     "updated": str(m.get("updated_at", "")),
                     "config_hash": str(m.get("config_hash", "")),
-                    "stages": ",".join(f"{n}:{s.get('status')}" for n, s in stages.items()),
+                    "stages": "CORRUPT"
+                    if any(p.kind == "corrupt" for p in problems.values())
+                    else ",".join(f"{n}:{s.get('status')}" for n, s in stages.items()),
                     "tables": ", ".join(
-                        f"{n}={e.get('rows', 0):,}" + (" (FILES MISSING)" if n in missing else "")
+                        f"{n}={e.get('rows', 0):,}"
+                        + (f" ({problems[n].kind.upper()}: {problems[n].detail})" if n in problems else "")
                         for n, e in sorted(m.get("tables", {}).items())
                     ),
                 }
             )
-            broken += bool(missing)
+            broken += bool(problems)
         except (UserError, OSError, AttributeError, TypeError, ValueError) as exc:
             broken += 1
             reason = str(exc).split("\n")[0]
@@ -225,7 +320,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
         if broken:
-            print(f"m1 runs: {broken} run(s) flagged CORRUPT or FILES MISSING", file=sys.stderr)
+            print(f"m1 runs: {broken} run(s) flagged CORRUPT, MISSING or UNREADABLE", file=sys.stderr)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -237,7 +332,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         t.add_row(*r.values())
     Console(width=200).print(t)
     if broken:
-        print(f"m1 runs: {broken} run(s) flagged CORRUPT or FILES MISSING above", file=sys.stderr)
+        print(f"m1 runs: {broken} run(s) flagged CORRUPT, MISSING or UNREADABLE above", file=sys.stderr)
     return 0
 
 
@@ -280,7 +375,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--max-rows", type=positive_int, default=40, help="rows shown in table format")
     p.add_argument("--max-width", type=positive_int, default=160, help="characters per line in table format")
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the result to FILE (.csv, .jsonl or .parquet) instead of the terminal; never inside a run",
+    )
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("catalog", help="rebuild RUN_DIR/catalog.duckdb (for DuckDB clients, 1.x included)")
+    p.add_argument("run_dir")
+    p.add_argument(
+        "--absolute",
+        action="store_true",
+        help="views with absolute paths (default: relative to the run directory, so a moved run keeps working)",
+    )
+    p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("runs", help="list runs and their table counts")
     p.add_argument("root", nargs="?", default="runs")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -18,6 +21,79 @@ def m1(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "curation.cli", *args], capture_output=True, text=True, timeout=900, env=env
     )
+
+
+def readme_queries() -> list[str]:
+    """The README's example queries over the demo run (`m1 sql runs/demo "..."` lines)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    return re.findall(r'^m1 sql runs/demo "(.+)"$', readme, flags=re.M)
+
+
+def check_common_readers(store: RunStore) -> None:
+    """Issue 22: one table of each schema the run wrote reads in pyarrow, polars, `datasets` and DuckDB 1.x."""
+    import datasets
+    import polars as pl
+    import pyarrow.parquet as pq
+    from duckdb_clients import install, query_python
+
+    import schemas
+
+    folder = install("python-1.4")
+    # Per schema, its largest table: `datasets` has no empty split (a 0-row Parquet file "corresponds to no
+    # data" whoever wrote it), and every schema of the demo run has a non-empty table.
+    largest: dict[str, tuple[str, dict]] = {}
+    for name, entry in store.tables().items():
+        key = schemas.get(name).name
+        if key not in largest or entry["rows"] > largest[key][1]["rows"]:
+            largest[key] = (name, entry)
+    seen = set(largest)
+    for name, entry in sorted(largest.values()):
+        assert entry["rows"] > 0, name
+        files = sorted(Path(store.path(entry["path"])).glob("*.parquet"))
+        rows = entry["rows"]
+        assert pq.read_table(files).num_rows == rows, name
+        assert pl.read_parquet(files).height == rows, name
+        loaded = datasets.Dataset.from_parquet([str(f) for f in files], keep_in_memory=True)
+        assert loaded.num_rows == rows, name
+        glob = store.path(entry["path"]) + "/*.parquet"
+        assert query_python(folder, ":memory:", f"SELECT count(*) FROM read_parquet('{glob}')", cwd="/") == [
+            [rows]
+        ]
+    assert {"questions", "rejects", "scores", "traces", "m23k", "m1k", "eval_scores", "sft_metrics"} <= seen
+
+
+def check_duckdb_1x_clients(run_dir: str, answers: dict[str, list], tmp_path: Path) -> None:
+    """Issue 22: catalog.duckdb opens read-only in DuckDB 1.x clients, answers the README's queries as the
+    project's DuckDB does, and keeps doing so after the run directory is copied elsewhere."""
+    from duckdb_clients import install, query_cli, query_python
+
+    python_1x, cli = install("python-1.4"), install("cli-1.5")
+    assert len(answers) >= 3
+    copy = str(tmp_path / "copied" / "demo")
+    shutil.copytree(run_dir, copy)
+    for run in (run_dir, copy):
+        for sql, rows in answers.items():
+            got = query_python(python_1x, f"{run}/catalog.duckdb", sql, cwd=run)
+            assert _close(sorted(got, key=str), sorted(rows, key=str)), (run, sql, got, rows)
+        n = query_cli(cli, f"{run}/catalog.duckdb", "SELECT count(*) AS n FROM m23k", cwd=run)
+        assert n == [{"n": answers_count(run_dir)}]
+
+
+def answers_count(run_dir: str) -> int:
+    return RunStore(run_dir, create=False).tables()["m23k"]["rows"]
+
+
+def _close(got: list, want: list) -> bool:
+    """Float sums may differ in the last digits between DuckDB versions."""
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want, strict=True):
+        for x, y in zip(a, b, strict=True):
+            if isinstance(y, float) and x is not None and abs(float(x) - y) > 1e-9 * max(1.0, abs(y)):
+                return False
+            if not isinstance(y, float) and x != y and str(x) != str(y):
+                return False
+    return True
 
 
 @pytest.mark.slow
@@ -62,7 +138,10 @@ def test_demo_end_to_end_and_rerun_pays_nothing(tmp_path):
     assert con.execute("SELECT count(*) FROM eval_responses").fetchall()[0][0] == 3 * 20
     report = (tmp_path / "demo" / "report.html").read_text(encoding="utf-8")
     assert "tiny-model demonstration" in report.lower() and report.count("data:image/png;base64,") >= 3
+    readme_answers = {sql: con.execute(sql).fetchall() for sql in readme_queries()}
     con.close()
+    check_common_readers(store)
+    check_duckdb_1x_clients(run_dir, readme_answers, tmp_path)
 
     again = m1("demo", "--run-dir", run_dir)
     assert again.returncode == 0, again.stderr[-3000:]

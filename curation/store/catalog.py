@@ -7,15 +7,22 @@ Views (names are table names with '/' -> '_'):
   stages                            the funnel: one row per stage record in the manifest
   lineage                           one row per pool question: dropped by which stage and why, kept, or pending
 
-``RUN_DIR/catalog.duckdb`` holds the same views (absolute paths), rebuilt after every commit and every
-``m1 sql``, so any DuckDB client can open it.
+Two ways in:
+- :func:`connect` (``m1 sql``, ``m1 report``): an in-memory DuckDB whose views scan Arrow datasets opened through
+  the run store's own filesystem, so any run directory pyarrow reaches (local, ``s3://`` with the pipeline's
+  endpoint and credentials, ...) answers SQL with no DuckDB extension download. DuckDB's external access is then
+  switched off and the configuration locked: a query cannot write, copy, export, attach, install or read any file.
+- ``RUN_DIR/catalog.duckdb`` (:func:`write_catalog`, local runs): the same views for any DuckDB client, written in
+  storage version v1.0.0 so DuckDB 1.x clients open it, with paths relative to the run directory so a copied or
+  moved run keeps working: ``cd RUN && duckdb -readonly catalog.duckdb``, or from elsewhere
+  ``SET file_search_path = 'RUN'`` first. ``m1 catalog RUN --absolute`` rewrites it for clients that can do neither.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
@@ -25,6 +32,10 @@ from curation.errors import RunDirError
 from curation.store.runstore import RunStore
 
 CATALOG_FILE = "catalog.duckdb"
+# The oldest storage format whose readers understand every view here (DuckDB >= 1.0 opens it).
+CATALOG_STORAGE_VERSION = "v1.0.0"
+HELP_TABLE = "m1_catalog"
+Source = Literal["arrow", "relative", "absolute"]
 
 
 def view_name(table: str) -> str:
@@ -76,24 +87,39 @@ def _stages_table(store: RunStore) -> pa.Table:
 
 
 def create_views(
-    con: duckdb.DuckDBPyConnection, store: RunStore, skip: set[str] | frozenset[str] = frozenset()
+    con: duckdb.DuckDBPyConnection,
+    store: RunStore,
+    skip: set[str] | frozenset[str] = frozenset(),
+    *,
+    source: Source = "arrow",
 ) -> list[str]:
     """Create (or replace) every catalog view of ``store`` on ``con``; returns the view names.
 
-    Tables in ``skip`` (committed, but their files are gone) get no view, so the rest stay queryable.
+    ``source``: ``arrow`` registers Arrow datasets read through the store's filesystem (in-memory connections);
+    ``relative`` / ``absolute`` write ``read_parquet`` views with paths relative to the run directory or absolute
+    (catalog files). Tables in ``skip`` (files gone, or corrupt) get no view, so the rest stay queryable.
     """
     names = []
     rejects = []
     tables = {t: e for t, e in store.tables().items() if t not in skip}
+
+    def scan(view: str, rel: str, dataset: Any) -> None:
+        if source == "arrow":
+            con.register(view, dataset())
+            return
+        where = store.location(rel) if source == "absolute" else rel
+        con.execute(
+            f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote(where + "/*.parquet")})'
+        )
+
     for table, entry in sorted(tables.items()):
-        glob = store.location(entry["path"]) + "/*.parquet"
         view = view_name(table)
         try:
-            con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote(glob)})')
-        except duckdb.Error as exc:
+            scan(view, entry["path"], lambda path=entry["path"]: store.dataset_at(path))
+        except (duckdb.Error, OSError, pa.ArrowInvalid) as exc:
             raise RunDirError(
-                f"run {store.uri!r}: table {table!r} ({entry['path']}) cannot be read ({exc}); its files were "
-                "damaged or removed by hand: rerun the stage that writes it with m1 curate --force"
+                f"run {store.uri!r}: table {table!r} ({entry['path']}) cannot be read: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
         names.append(view)
         if table.startswith("rejects/"):
@@ -108,9 +134,9 @@ def create_views(
     from curation.engines.ledger import Ledger
 
     ledger = Ledger(store.ledger_uri)
-    if ledger.dataset() is not None:
-        glob = store.location("ledger") + "/*.parquet"
-        con.execute(f"CREATE OR REPLACE VIEW ledger AS SELECT * FROM read_parquet({_quote(glob)})")
+    ledger_data = ledger.dataset()
+    if ledger_data is not None:
+        scan("ledger", "ledger", lambda: ledger_data)
     else:
         _empty_table(con, "ledger", schemas.get("responses").schema)
     names.append("ledger")
@@ -162,21 +188,59 @@ LEFT JOIN (
 
 
 def connect(store: RunStore, skip: set[str] | frozenset[str] = frozenset()) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with every view of the run (but those in ``skip``)."""
+    """A read-only, in-memory DuckDB connection with every view of the run (but those in ``skip``).
+
+    The views scan Arrow datasets through the run store's filesystem; then DuckDB's external access is switched
+    off and its configuration locked, so no statement on this connection can touch a file (COPY ... TO, EXPORT
+    DATABASE, ATTACH, INSTALL/LOAD, read_text and friends all fail with DuckDB's permission error)."""
     con = duckdb.connect()
-    create_views(con, store, skip)
+    create_views(con, store, skip, source="arrow")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
-def write_catalog(store: RunStore, skip: set[str] | frozenset[str] = frozenset()) -> str | None:
-    """(Re)build RUN_DIR/catalog.duckdb atomically; returns its path (None for non-local runs)."""
+def _help_rows(store: RunStore, source: Source) -> pa.Table:
+    run = store.location("")
+    if source == "relative":
+        how = (
+            "views read paths relative to the run directory: open this file from there "
+            f"(cd RUN && duckdb -readonly {CATALOG_FILE}) or SET file_search_path = 'RUN' first; "
+            "if files are reported missing, the run moved or changed: rebuild with m1 catalog RUN"
+        )
+    else:
+        how = (
+            f"views read absolute paths under {run}: if the run moved, rebuild with m1 catalog RUN "
+            "(relative paths) or m1 catalog RUN --absolute"
+        )
+    return pa.table({"written_for": [run], "paths": [source], "how_to_open": [how]})
+
+
+def write_catalog(
+    store: RunStore, skip: set[str] | frozenset[str] = frozenset(), *, absolute: bool = False
+) -> str | None:
+    """(Re)build RUN_DIR/catalog.duckdb atomically; returns its path (None for non-local runs).
+
+    Written in storage version :data:`CATALOG_STORAGE_VERSION` (DuckDB 1.x clients read it) with views whose
+    paths are relative to the run directory (``absolute=True``: absolute paths)."""
     if not store.is_local:
         return None
+    source: Source = "absolute" if absolute else "relative"
     final = store.path(CATALOG_FILE)
     tmp = store.path(f".{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.tmp")
-    con = duckdb.connect(tmp)
+    con = duckdb.connect()
     try:
-        create_views(con, store, skip)
+        # Relative view paths are bound while the views are created: resolve them against the run directory.
+        con.execute("SET file_search_path = ?", [store.root])
+        con.execute(f"ATTACH {_quote(tmp)} AS m1cat (STORAGE_VERSION {_quote(CATALOG_STORAGE_VERSION)})")
+        con.execute("USE m1cat")
+        create_views(con, store, skip, source=source)
+        help_tmp = f"_help_{uuid.uuid4().hex[:8]}"
+        con.register(help_tmp, _help_rows(store, source))
+        con.execute(f'CREATE OR REPLACE TABLE {HELP_TABLE} AS SELECT * FROM "{help_tmp}"')
+        con.unregister(help_tmp)
+        con.execute("USE memory")
+        con.execute("DETACH m1cat")
     except BaseException:
         con.close()
         for leftover in (tmp, tmp + ".wal"):

@@ -14,6 +14,7 @@ before that rename leaves the old state; after it, the new one. Unreferenced ver
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -227,7 +228,20 @@ class RunStore:
         rows = 0
         part = 0
         writer: pq.ParquetWriter | None = None
+        sink: Any = None
         rows_in_file = 0
+
+        def close_file() -> None:
+            # The writer does not own the stream: close it ourselves, so a failed upload (an object store
+            # refusing the last part) raises here instead of being ignored when the stream is collected.
+            nonlocal writer, sink
+            if writer is not None:
+                writer.close()
+                writer = None
+            if sink is not None:
+                stream, sink = sink, None
+                stream.close()
+
         try:
             for chunk in chunks:
                 table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_batches([chunk])
@@ -235,8 +249,7 @@ class RunStore:
                 offset = 0
                 while offset < table.num_rows:
                     if writer is None or rows_in_file >= rows_per_file:
-                        if writer is not None:
-                            writer.close()
+                        close_file()
                         sink = self.fs.open_output_stream(self.path(f"{rel}/part-{part:05d}.parquet"))
                         writer = pq.ParquetWriter(sink, ts.schema, compression="zstd")
                         part += 1
@@ -246,9 +259,11 @@ class RunStore:
                     offset += piece.num_rows
                     rows += piece.num_rows
                     rows_in_file += piece.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
+            close_file()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                close_file()
+            raise
         if rows == 0:
             # An empty table is still a table: one file with the schema, so readers see the columns.
             with self.fs.open_output_stream(self.path(f"{rel}/part-00000.parquet")) as sink:
