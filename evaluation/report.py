@@ -32,7 +32,7 @@ SQL: dict[str, str] = {
     ),
     "funnel": (
         "SELECT stage, status, rows_in, rows_out, rows_rejected, round(wall_s, 1) AS wall_s\n"
-        "FROM stages ORDER BY started_at"
+        "FROM stages ORDER BY position NULLS LAST, started_at"
     ),
     "rejects": "SELECT stage, reason, count(*) AS rows FROM rejects GROUP BY stage, reason ORDER BY stage, rows DESC",
     "sources": "SELECT source, count(*) AS questions FROM questions GROUP BY source ORDER BY questions DESC",

@@ -372,3 +372,25 @@ def test_eval_settings_hash_does_not_depend_on_where_the_job_unpacked(
     assert hashes[0] == hashes[1]
     (pkg / "model" / "model.safetensors").write_bytes(b"other weights")  # other weights: another hash
     assert settings_hash(cfg, model, bench) != hashes[0]
+
+
+def test_one_ray_version_for_images_manifests_and_the_dev_environment() -> None:
+    """The node images install with cluster/constraints.txt; the manifests must name that Ray, and so must this
+    environment (installed by the same script)."""
+    pins = [
+        line.split("==", 1)[1].strip()
+        for line in (CLUSTER / "constraints.txt").read_text().splitlines()
+        if line.startswith("ray==")
+    ]
+    assert len(pins) == 1
+    for manifest in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
+        doc = load(manifest)
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert spec["rayVersion"] == pins[0], manifest
+    assert __import__("ray").__version__ == pins[0]
+    assert '-c "$ROOT/cluster/constraints.txt"' in (CLUSTER / "install-node.sh").read_text()
+
+
+def test_docker_build_context_leaves_out_history_environments_and_runs() -> None:
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "runs/"} <= set(ignored)

@@ -273,7 +273,8 @@ def test_get_path() -> None:
 
 
 def test_pubmedqa_split_matches_datasets_train_test_split() -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     n = 1000
     table = datasets.Dataset.from_list(
         [

@@ -88,9 +88,7 @@ class Outcome:
     wall_s: float = 0.0
 
 
-def _spawn(
-    tmp: Path, requests_path: Path, cfg: dict, ledger: Path, out: Path
-) -> tuple[subprocess.Popen, str]:
+def _spawn(tmp: Path, requests_path: Path, cfg: dict, ledger: str, out: Path) -> tuple[subprocess.Popen, str]:
     script = tmp / "driver.py"
     script.write_text(textwrap.dedent(DRIVER.format(root=str(ROOT))))
     ray_tmp = tempfile.mkdtemp(prefix="m1k-", dir="/tmp")  # short: Ray's socket paths have a length limit
@@ -159,13 +157,15 @@ def run_with_kills(
     seed: int,
     kill_after: tuple[float, float] = (0.3, 2.5),
     max_final_runs: int = 3,
+    ledger_uri: str | None = None,
 ) -> Outcome:
     """``kills`` runs killed with SIGKILL to the driver's process group at random moments after the first
-    answers arrive, then runs to completion; per-run and total pay-once figures from the server's counts."""
+    answers arrive, then runs to completion; per-run and total pay-once figures from the server's counts.
+    ``ledger_uri``: where the ledger is (default ``tmp/ledger``; an ``s3://`` URI for an object-store run)."""
     rng = random.Random(seed)
     requests_path = tmp / "requests.parquet"
     pq.write_table(requests, requests_path)
-    ledger = tmp / "ledger"
+    ledger = ledger_uri or str(tmp / "ledger")
     outcome = Outcome()
     started = time.perf_counter()
     served_by_run: list[Counter] = []
@@ -202,7 +202,7 @@ def run_with_kills(
         served = after - before
         before = after
         served_by_run.append(served)
-        answered = set(Ledger(str(ledger)).answered_ids().to_pylist())
+        answered = set(Ledger(ledger).answered_ids().to_pylist())
         outcome.kills.append(
             KillRecord(
                 at_s=round(killed_at, 2),

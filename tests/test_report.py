@@ -254,9 +254,6 @@ def test_report_renders_in_headless_chromium(run_dir: str, tmp_path: Path) -> No
     assert dom.count("<img") == 7 and "Accuracy versus thinking budget" in dom
 
 
-@pytest.mark.skipif(
-    "sft_metrics" not in schemas.REGISTRY, reason="the sft_metrics table is not defined here yet"
-)
 def test_sft_loss_from_the_sft_metrics_table(run_dir: str) -> None:
     store = RunStore(run_dir, create=False)
     metrics = _rows(
@@ -269,3 +266,26 @@ def test_sft_loss_from_the_sft_metrics_table(run_dir: str) -> None:
     store.commit([store.write_table("sft_metrics", metrics)])
     page = build_report(run_dir)
     assert SQL["sft"] in page and "trainer_state.json" not in page.split("SFT loss")[1].split("<h2>")[0]
+
+
+def test_funnel_lists_stages_in_pipeline_order(run_dir: str) -> None:
+    """The manifest keeps no order and stages may be rerun out of order: the funnel sorts by pipeline position."""
+    store = RunStore(run_dir, create=False)
+    for name, position, started in (("sample", 8, "2026-01-01T00:01:00+00:00"), ("curate", 5, "2026-01-02")):
+        store.commit(
+            [],
+            stage={
+                "name": name,
+                "position": position,
+                "status": "complete",
+                "rows_in": 1,
+                "rows_out": 1,
+                "rows_rejected": 0,
+                "wall_s": 0.1,
+                "started_at": started,
+            },
+        )
+    page = build_report(run_dir)
+    funnel = page[page.index("Funnel: rows in") : page.index("Why rows were rejected")]
+    # ingest has no position (an older record): it comes after the positioned ones, by start time
+    assert funnel.index(">curate<") < funnel.index(">sample<") < funnel.index(">ingest<")

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 import schemas
 from curation.engines.config import EngineConfig, OpenAIEngineConfig, Price, VLLMEngineConfig
@@ -151,6 +152,8 @@ def _streamed_responses(
 ) -> tuple[ray.data.Dataset, Any]:
     """The lazy responses of ``ds`` with worker-side ledger lookups, and the OpenAI run's coordinator (or None)."""
     _compact_on_a_worker(ledger_uri)
+    if progress:
+        _object_store_notice(engine, ledger_uri)
     if engine.kind == "openai":
         from curation.engines.openai_engine import OpenAIRun, generate
 
@@ -216,6 +219,28 @@ def stream_requests(
 
 
 PROGRESS_EVERY_S = 10.0
+
+
+def _object_store_notice(engine: Any, ledger_uri: str) -> None:
+    """On an object-store ledger, one line saying where the write-ahead segments are and how many answers a
+    lost node can make a rerun pay again at most (the bound; see `curation.engines.ledger.loss_bound`)."""
+    if engine.kind != "openai" or not engine.write_ahead:
+        return
+    from curation.engines.ledger import loss_bound, node_wal_root
+    from curation.store.runstore import resolve
+
+    fs, _ = resolve(ledger_uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return
+    bound = loss_bound(engine.actors, engine.flush_every_rows)
+    print(
+        f"m1 {_engine_label(engine)}: the ledger is on an object store; each worker writes its answers ahead "
+        f"to its node's local disk ({node_wal_root()}/<ledger hash>) and folds them into the ledger every "
+        f"{engine.flush_every_rows} answers or {engine.flush_every_s:g} s. If a node is lost, a rerun pays "
+        f"again at most {bound:,} answers ({engine.actors} workers x {engine.flush_every_rows}); a rerun on the "
+        "same node pays none again",
+        file=sys.stderr,
+    )
 
 
 def _compact(ledger_uri: str) -> int:
@@ -329,6 +354,8 @@ def run_requests(
 
         engine.api_key()  # fail before starting anything, naming the variable
         run = OpenAIRun(engine)
+    if progress:
+        _object_store_notice(engine, ledger_uri)
     fresh = _engine_dataset(plan.send, engine, ledger_uri, run)
     if plan.extra_pairs.num_rows:
         fresh = fresh.map_batches(

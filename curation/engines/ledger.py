@@ -4,17 +4,23 @@ Each append writes one shard under a temporary name and renames it into place, s
 leaves whole shards only. A rerun reads the request ids already answered and never sends them again.
 Works on any pyarrow filesystem (local path, s3://, gs://, ...).
 
-On a local filesystem, engine workers also keep write-ahead segments under ``wal/`` (see
-`curation.engines.wal`): every answer is on disk within milliseconds of arriving, long before it is folded
-into a Parquet shard. Readers here count those segments as part of the ledger, and `compact` folds the
-segments of dead writers into Parquet.
+Engine workers also keep write-ahead segments (see `curation.engines.wal`): every answer is on a local disk
+within milliseconds of arriving, long before it is folded into a Parquet shard. For a ledger on a local
+filesystem they live under ``<ledger>/wal/``; for one on an object store (which cannot append) under a local
+folder of the node the worker runs on, ``$M1_WAL_DIR/<hash of the ledger>/`` (default ``$M1_WAL_DIR``: the
+system temp folder's ``m1-wal-<uid>``), so a rerun on the same node finds them. Readers here count the segments
+they can reach as part of the ledger, and `compact` folds the segments of dead writers into Parquet. Segments
+on a node that is lost before they are folded are lost with it: at most ``flush_every_rows`` answers per engine
+worker on that node (what had not reached a Parquet shard yet) are paid again, see `loss_bound`.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -36,6 +42,25 @@ ROW_GROUP_ROWS = 2048
 MAX_OPEN_SHARDS = 64
 
 
+def node_wal_root() -> str:
+    """This node's folder for the write-ahead segments of object-store ledgers (``$M1_WAL_DIR``, else
+    ``<system temp>/m1-wal-<uid>``)."""
+    return os.environ.get("M1_WAL_DIR") or os.path.join(tempfile.gettempdir(), f"m1-wal-{os.getuid()}")
+
+
+def node_wal_dir(fs: pafs.FileSystem, root: str) -> str:
+    """The local folder holding this node's segments of the ledger at ``root`` on ``fs`` (an object store):
+    keyed by a hash of the filesystem type and path, so every run of the same ledger on this node finds it."""
+    key = hashlib.sha256(f"{fs.type_name}:{root.rstrip('/')}".encode()).hexdigest()[:20]
+    return os.path.join(node_wal_root(), key)
+
+
+def loss_bound(actors: int, flush_every_rows: int) -> int:
+    """Answers of an object-store ledger that a lost node can take with it at most: those in its workers'
+    write-ahead segments not yet folded into a Parquet shard (each worker folds every ``flush_every_rows``)."""
+    return actors * flush_every_rows
+
+
 class Ledger:
     """Append-only store of successful responses under one directory."""
 
@@ -43,9 +68,11 @@ class Ledger:
         self.uri = uri
         self.fs, self.root = resolve(uri)
         self.fs.create_dir(self.root, recursive=True)
-        # Appending needs a POSIX file; object stores get Parquet shards only.
-        local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.wal_dir: str | None = os.path.join(self.root, WAL_DIR) if local else None
+        # Appending needs a POSIX file: on an object store, segments go to this node's local disk instead.
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.wal_dir: str = (
+            os.path.join(self.root, WAL_DIR) if self.local else node_wal_dir(self.fs, self.root)
+        )
 
     def _shards(self) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False, allow_not_found=True))
@@ -67,7 +94,7 @@ class Ledger:
         tmp = f"{self.root}/.{name}.tmp"
         with self.fs.open_output_stream(tmp) as out:
             pq.write_table(table, out, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        if self.wal_dir is not None:  # the shard may replace a write-ahead segment: it must be on disk first
+        if self.local:  # the shard may replace a write-ahead segment: it must be on disk first
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -76,16 +103,13 @@ class Ledger:
         self.fs.move(tmp, f"{self.root}/{name}{SHARD_GLOB_SUFFIX}")
 
     # ---- write-ahead segments ------------------------------------------------------------------------------
-    def open_segment(self, *, fsync: bool = True) -> wal.SegmentWriter | None:
-        """A new write-ahead segment for one writer, or None where the filesystem cannot append."""
-        if self.wal_dir is None:
-            return None
+    def open_segment(self, *, fsync: bool = True) -> wal.SegmentWriter:
+        """A new write-ahead segment for one writer (on this node's disk for an object-store ledger)."""
         return wal.SegmentWriter(self.wal_dir, f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", fsync=fsync)
 
     def _segment_table(self, columns: list[str] | None = None) -> pa.Table | None:
-        """Rows of every write-ahead segment (live or orphaned), in segment order; None when there are none."""
-        if self.wal_dir is None:
-            return None
+        """Rows of every write-ahead segment this node reaches (live or orphaned), in segment order; None when
+        there are none."""
         tables = [t for path in wal.segments(self.wal_dir) for t in wal.read_segment(path)[0]]
         if not tables:
             return None
@@ -95,10 +119,9 @@ class Ledger:
     def absorb_segments(self) -> int:
         """Fold the segments of dead writers into one Parquet shard and delete them; returns the rows folded.
 
-        Segments still locked by a live writer are left alone (their writer folds them itself).
+        Segments still locked by a live writer are left alone (their writer folds them itself). For an
+        object-store ledger: the segments on this node only.
         """
-        if self.wal_dir is None:
-            return 0
         paths = wal.segments(self.wal_dir)
         if not paths:
             return 0
@@ -209,7 +232,7 @@ class Ledger:
                         seen.update(ids)
                         if keep:
                             writer.write_table(table.take(keep), row_group_size=ROW_GROUP_ROWS)
-        if self.wal_dir is not None:
+        if self.local:
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)

@@ -486,8 +486,10 @@ class LedgerSink:
     arrived while the previous group was being written (and fsync'd) forms the next group, so durability
     lags an answer by one write, milliseconds, whatever the load. Every ``flush_every_rows`` rows or
     ``flush_every_s`` seconds, and at the end of each batch, the rows become one Parquet shard; the segment
-    they were in is then rotated out and deleted. Without write-ahead (object-store ledgers, or
-    ``write_ahead: false``) only the Parquet flushes remain and a kill loses up to ``flush_every_s`` of answers.
+    they were in is then rotated out and deleted. For an object-store ledger the segment is on this node's
+    local disk (`curation.engines.ledger.node_wal_dir`), and the sink first folds the segments that killed
+    workers left on this node. Without write-ahead (``write_ahead: false``) only the Parquet flushes remain and
+    a kill loses up to ``flush_every_s`` of answers.
     """
 
     def __init__(
@@ -502,7 +504,23 @@ class LedgerSink:
         self.ledger = ledger
         self.flush_every_rows = flush_every_rows
         self.flush_every_s = flush_every_s
-        self.write_ahead = write_ahead and ledger.wal_dir is not None
+        self.write_ahead = write_ahead
+        if write_ahead and not ledger.local:
+            # Segments of this ledger that a killed worker left on this node: into the object store now, while
+            # the node is here (a rerun on another node could not reach them).
+            try:
+                folded = ledger.absorb_segments()
+            except OSError as exc:  # the lookups still read them; the next worker here tries again
+                logger.warning("m1 openai engine: folding this node's write-ahead segments failed: %s", exc)
+            else:
+                if folded:
+                    logger.warning(
+                        "m1 openai engine: folded %d answers left in write-ahead segments on this node (%s) "
+                        "into the ledger %s",
+                        folded,
+                        ledger.wal_dir,
+                        ledger.uri,
+                    )
         self.fsync = fsync
         self.rows: list[dict] = []
         self.oldest = 0.0

@@ -13,7 +13,8 @@ Ownership: the writer holds an exclusive ``flock`` on its segment for as long as
 lock when the process dies, however it dies. A compactor that gets the lock therefore knows no one will ever
 append to that segment again and may fold and delete it. A segment is created under a temporary name, locked,
 then renamed into place, so a compactor never sees an unlocked live segment.
-Local (POSIX) filesystems only: object stores cannot append, and the ledger falls back to Parquet shards there.
+Local (POSIX) filesystems only: object stores cannot append, so the segments of an object-store ledger are kept
+on the local disk of the node the writer runs on (`curation.engines.ledger.node_wal_dir`).
 """
 
 from __future__ import annotations

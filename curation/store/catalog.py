@@ -60,6 +60,7 @@ def _stages_table(store: RunStore) -> pa.Table:
         rows.append(
             {
                 "stage": name,
+                "position": rec.get("position"),
                 "status": rec.get("status"),
                 "rows_in": rec.get("rows_in"),
                 "rows_out": rec.get("rows_out"),
@@ -73,6 +74,7 @@ def _stages_table(store: RunStore) -> pa.Table:
     schema = pa.schema(
         [
             ("stage", pa.string()),
+            ("position", pa.int64()),  # the stage's place in the pipeline's order
             ("status", pa.string()),
             ("rows_in", pa.int64()),
             ("rows_out", pa.int64()),
