@@ -20,7 +20,9 @@ def _rows(n: int, tag: str) -> list[dict]:
     reqs = requests_table(
         [make_request(f"{tag}-{i}", "m", messages=[{"role": "user", "content": f"q {i}"}]) for i in range(n)]
     ).to_pylist()
-    return [response_row(r, engine="test", text=f"answer {i}", finish_reason="stop") for i, r in enumerate(reqs)]
+    return [
+        response_row(r, engine="test", text=f"answer {i}", finish_reason="stop") for i, r in enumerate(reqs)
+    ]
 
 
 # ---- pay-once: write-ahead segments of an s3 ledger on the node's local disk ----------------------------------
