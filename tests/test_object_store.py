@@ -58,3 +58,36 @@ def test_an_s3_ledger_keeps_its_segments_on_local_disk_and_a_rerun_folds_them(
     assert not os.listdir(ledger.wal_dir) and ledger.shard_count() == 1
     monkeypatch.setenv("M1_WAL_DIR", str(tmp_path / "another-node"))
     assert len(Ledger(uri).answered_ids()) == 3  # from the object store now, whichever node asks
+
+
+# ---- the rehearsal server reads its pool from s3 ---------------------------------------------------------------
+def test_the_rehearsal_server_reads_its_pool_from_an_s3_run(
+    s3_bucket: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+    from test_rehearse import pool_path
+
+    from curation.devtools.rehearse import (
+        PoolIndex,
+        RehearsalConfig,
+        spawn_rehearsal_server,
+        stop_rehearsal_server,
+    )
+
+    local = pads.dataset(str(pool_path.__wrapped__(tmp_path_factory)), format="parquet").to_table()
+    pool = f"{s3_bucket}/runs/x/tables/questions/v1"  # a folder, as the run store writes it
+    fs, root = pafs.FileSystem.from_uri(pool)
+    pads.write_dataset(local, root, filesystem=fs, format="parquet")
+    assert len(PoolIndex.from_parquet(pool)) == local.num_rows
+    with pytest.raises(FileNotFoundError, match="no-such"):
+        PoolIndex.from_parquet(f"{s3_bucket}/no-such/questions")
+    proc, url = spawn_rehearsal_server(RehearsalConfig(pool=pool))  # a child process, with the s3 environment
+    try:
+        import json
+        import urllib.request
+
+        health = json.load(urllib.request.urlopen(url[: -len("/v1")] + "/health", timeout=5))
+        assert health["pool_questions"] == local.num_rows
+    finally:
+        stop_rehearsal_server(proc)

@@ -344,15 +344,21 @@ class PoolIndex:
 
     @classmethod
     def from_parquet(cls, path: str | Path) -> PoolIndex:
-        """Read the columns the server needs from a Parquet file or folder of the `questions` table."""
+        """Read the columns the server needs from a Parquet file or folder of the `questions` table: a local
+        path or any pyarrow filesystem URI (``s3://bucket/run/tables/...``, through the environment's endpoint
+        and credentials, as the run store reads it)."""
         import pyarrow.dataset as ds
+        import pyarrow.fs as pafs
 
-        path = Path(path)
-        if not path.exists():
+        from curation.store.runstore import resolve
+
+        path = str(path)  # never through Path: it folds the '//' of s3://bucket into one slash
+        fs, root = resolve(path)
+        if fs.get_file_info(root).type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"rehearsal pool {path}: no such file or folder")
         columns = ["prompt", "question", "options", "answer_label", "answer_text"]
         try:
-            table = ds.dataset(str(path), format="parquet").to_table(columns=columns)
+            table = ds.dataset(root, filesystem=fs, format="parquet").to_table(columns=columns)
         except Exception as exc:  # pyarrow raises several types; the message is what matters
             raise ValueError(f"rehearsal pool {path}: cannot read columns {columns}: {exc}") from exc
         prompts, stems, options, labels, texts = (table.column(c).to_pylist() for c in columns)
