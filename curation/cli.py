@@ -93,6 +93,10 @@ def cmd_curate(args: argparse.Namespace) -> int:
         )
     # Stages always run in pipeline order, whatever order --stages lists them in.
     stages = [registry[name]() for name in registry if name in wanted]
+    if not args.dry_run:  # a vLLM engine's model must be loadable: say so now, not in a worker's traceback
+        from curation.modelpath import check_engine_models
+
+        check_engine_models(cfg, [s.name for s in stages if s.enabled(cfg)], source=str(config_path))
     # A failed first run leaves no empty run behind (files are kept), also when a Ray watchdog ends the process.
     with new_run_dir(args.run_dir):
         store = RunStore(args.run_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from curation.errors import UserError
 
@@ -71,3 +72,41 @@ def check_model_path(value: str, key: str, *, source: str = "") -> None:
             "cache does not hold it; give the model's folder, or download it first (huggingface-cli download "
             f"{value}) with hub access"
         )
+
+
+TINY_MODEL_HINT = (
+    "for the demo, `m1 demo` builds the tiny model (RUN_DIR/tiny-model) and runs with it, or build one with "
+    "`m1 tiny-model DIR` and set the engine's model to DIR"
+)
+
+
+def engines_in_use(cfg: Any, stages: list[str]) -> list[tuple[str, str]]:
+    """(engine name, the config key that uses it) for every engine the ``stages`` of ``cfg`` send requests to."""
+    used: list[tuple[str, str]] = []
+    if "score" in stages:
+        used += [(s.engine, f"score.scorers.{i}.engine ({s.name})") for i, s in enumerate(cfg.score.scorers)]
+    if "teacher" in stages and cfg.teacher.engine:
+        used.append((cfg.teacher.engine, "teacher.engine"))
+    if "classify" in stages and cfg.classify.method == "llm" and cfg.classify.engine:
+        used.append((cfg.classify.engine, "classify.engine"))
+    return used
+
+
+def check_engine_models(cfg: Any, stages: list[str], *, source: str = "") -> None:
+    """Before Ray or vLLM start: every vLLM engine the ``stages`` use must name a readable local model folder or a
+    loadable hub id (`check_model_path`); the error names the engine, the stage key using it, the path and what
+    to do. OpenAI-compatible engines name a served model, nothing local: not checked."""
+    checked: set[str] = set()
+    for name, used_by in engines_in_use(cfg, stages):
+        if name in checked or name not in cfg.engines:
+            continue  # an unknown engine name is the stage's own error
+        checked.add(name)
+        engine = cfg.engine(name)
+        if engine.kind != "vllm":
+            continue
+        try:
+            check_model_path(engine.model, f"engines.{name}.model", source=source)
+        except ModelPathError as exc:
+            raise ModelPathError(
+                f"{exc} (vLLM engine {name!r}, used by {used_by}); {TINY_MODEL_HINT}"
+            ) from None

@@ -91,3 +91,35 @@ def test_the_rehearsal_server_reads_its_pool_from_an_s3_run(
         assert health["pool_questions"] == local.num_rows
     finally:
         stop_rehearsal_server(proc)
+
+
+# ---- engine model paths, checked before Ray or vLLM start -----------------------------------------------------
+def test_curate_demo_without_a_tiny_model_names_the_engine_the_path_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from curation.cli import default_config_path, main
+    from curation.config import load_config
+    from curation.modelpath import ModelPathError, check_engine_models
+
+    monkeypatch.chdir(tmp_path)  # no tiny-model folder here
+    assert main(["curate", "demo", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "engines.tiny.model 'tiny-model'" in err and "vLLM engine 'tiny'" in err
+    assert "score.scorers.0" in err and "m1 demo" in err and "m1 tiny-model DIR" in err
+    assert not (tmp_path / "run").exists()
+    # The same rule for a vLLM teacher and an LLM classifier; stages that use no engine need no model.
+    raw = yaml.safe_load(default_config_path().read_text())
+    raw["engines"]["teacher"] = {"kind": "vllm", "model": str(tmp_path / "no-such-model")}
+    raw["classify"] = {"method": "llm", "engine": "tiny"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "c.yaml")
+    check_engine_models(cfg, ["ingest", "dedup"])
+    with pytest.raises(ModelPathError, match="vLLM engine 'teacher', used by teacher.engine"):
+        check_engine_models(cfg, ["teacher"])
+    with pytest.raises(ModelPathError, match="vLLM engine 'tiny', used by classify.engine"):
+        check_engine_models(cfg, ["classify"])
+    (tmp_path / "tiny-model").mkdir()
+    (tmp_path / "tiny-model" / "config.json").write_text("{}")
+    check_engine_models(cfg, ["score", "classify"])  # a model folder: fine
