@@ -16,8 +16,17 @@ from curation.engines.ledger import Ledger
 from curation.store.runstore import RunStore
 
 
+# Keys planted in the environment of every demo command (issue 21): none may reach a file the run writes.
+PLANTED = {
+    "OPENAI_API_KEY": "sk-live-PLANTEDdemo0123456789abcdefXYZ",
+    "DEEPSEEK_API_KEY": "sk-PLANTEDdeepseek0123456789abcdef",
+    "HF_TOKEN": "hf_PLANTEDhuggingface0123456789abcdefgh",
+    "AWS_SECRET_ACCESS_KEY": "PLANTEDaws/secret0123456789abcdefghijKLMN",
+}
+
+
 def m1(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", **PLANTED)
     return subprocess.run(
         [sys.executable, "-m", "curation.cli", *args], capture_output=True, text=True, timeout=900, env=env
     )
@@ -77,6 +86,20 @@ def check_duckdb_1x_clients(run_dir: str, answers: dict[str, list], tmp_path: Pa
             assert _close(sorted(got, key=str), sorted(rows, key=str)), (run, sql, got, rows)
         n = query_cli(cli, f"{run}/catalog.duckdb", "SELECT count(*) AS n FROM m23k", cwd=run)
         assert n == [{"n": answers_count(run_dir)}]
+
+
+def assert_no_planted_key(run_dir: str, output: str) -> None:
+    """Every file the demo wrote (manifest, tables, ledger, checkpoints, SFT and eval outputs, report, catalog)
+    and what it printed, scanned for the keys in its environment: curate, SFT, eval and report all ran."""
+    secrets = [v.encode() for v in PLANTED.values()]
+    files = [p for p in Path(run_dir).rglob("*") if p.is_file()]
+    assert len(files) > 50
+    for path in files:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret not in data, f"{path} holds a planted key"
+    for secret in PLANTED.values():
+        assert secret not in output
 
 
 def answers_count(run_dir: str) -> int:
@@ -143,6 +166,7 @@ def test_demo_end_to_end_and_rerun_pays_nothing(tmp_path):
     con.close()
     check_common_readers(store)
     check_duckdb_1x_clients(run_dir, readme_answers, tmp_path)
+    assert_no_planted_key(run_dir, out.stdout + out.stderr)
 
     again = m1("demo", "--run-dir", run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
