@@ -15,7 +15,6 @@ import pytest
 from curation.engines.ledger import Ledger
 from curation.store.runstore import RunStore
 
-
 # Keys planted in the environment of every demo command (issue 21): none may reach a file the run writes.
 PLANTED = {
     "OPENAI_API_KEY": "sk-live-PLANTEDdemo0123456789abcdefXYZ",
