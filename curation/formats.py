@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.prompt import LABELS, normalize_text
-from curation.readers import DuplicateKeyError, loads_strict
+from curation.strict_json import DuplicateKeyError, loads_strict
 
 FORMATS = ("medqa", "medmcqa", "headqa", "pubmedqa", "mcq")
 

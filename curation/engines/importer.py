@@ -28,7 +28,7 @@ from curation.engines.ledger import Ledger
 from curation.engines.request import make_request, response_row, responses_table
 from curation.errors import UserError
 from curation.jobenv import nonempty_path
-from curation.readers import DuplicateKeyError, loads_strict
+from curation.strict_json import DuplicateKeyError, loads_strict
 
 CHUNK_ROWS = 50_000
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")

@@ -20,13 +20,17 @@ One match per (pool row, eval set) is kept: the first method in that order, then
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 import pyarrow as pa
 
-from curation.config import DecontaminateOptions
 from curation.rules import minhash as mh
+from curation.rules.similarity import comparison_texts, verify_pairs
+
+if TYPE_CHECKING:  # the options are read, never built, here: no import of the config layer at run time
+    from curation.config import DecontaminateOptions
 
 METHOD_ORDER = ("ngram", "minhash", "ratio")
 
@@ -60,8 +64,6 @@ class EvalIndex:
 
 def texts_of(table: pa.Table) -> dict[str, pa.Array]:
     """question, question_options and prompt texts of a questions-shaped table."""
-    from curation.stages.dedup import comparison_texts
-
     return {k: comparison_texts(table, k) for k in ("question", "question_options", "prompt")}
 
 
@@ -257,8 +259,6 @@ def find_matches(pool: pa.Table, indexes: list[EvalIndex], opts: DecontaminateOp
             )
             if not len(pairs):
                 continue
-            from curation.stages.dedup import verify_pairs
-
             sim = verify_pairs(
                 texts[kind],
                 pairs[:, 0],
