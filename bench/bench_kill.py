@@ -15,11 +15,16 @@ but not in the ledger once its workers were gone, and answers paid again by a la
 
     flock /tmp/m1-heavy.lock .venv/bin/python bench/bench_kill.py            # 2,000 requests, C=64, 5 kills
     .venv/bin/python bench/bench_kill.py --requests 1000 --kills 3 --only pay-once
+    .venv/bin/python bench/bench_kill.py --s3 --only pay-once   # the ledger on a loopback S3 server (moto)
+
+With ``--s3`` the ledger lives on an S3-compatible server started on loopback (moto_server), as in an
+``s3://`` run directory: the write-ahead segments then live on the node's local disk (``$M1_WAL_DIR``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -63,11 +68,13 @@ def run(name: str, overrides: dict, args: argparse.Namespace) -> dict:
             kills=args.kills,
             seed=args.seed,
             kill_after=(0.5, 3.0),
+            ledger_uri=f"{args.s3_root}/kill-{name}/ledger" if args.s3_root else None,
         )
     finally:
         srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n{name}: {args.requests} requests, concurrency {args.concurrency}, {args.kills} kills")
+    where = f"ledger on {args.s3_root}" if args.s3_root else "local ledger"
+    print(f"\n{name} ({where}): {args.requests} requests, concurrency {args.concurrency}, {args.kills} kills")
     print(
         f"  {'kill':>4} {'at s':>6} {'in flight':>9} {'arrived after':>13} {'> 0.25 s after':>14} "
         f"{'unrecorded':>10} {'re-paid':>7}"
@@ -97,11 +104,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=["baseline", "pay-once"])
     parser.add_argument("--json", type=Path, help="write the outcomes here")
+    parser.add_argument("--s3", action="store_true", help="the ledger on a loopback S3 server (moto_server)")
     args = parser.parse_args()
     results = []
-    for name, overrides in (("baseline", BASELINE), ("pay-once", {})):
-        if args.only in (None, name):
-            results.append(run(name, overrides, args))
+    with contextlib.ExitStack() as stack:
+        args.s3_root = None
+        if args.s3:
+            sys.path.insert(0, str(ROOT / "bench"))
+            from _s3 import loopback_s3
+
+            args.s3_root = stack.enter_context(loopback_s3())
+            os.environ["M1_WAL_DIR"] = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="m1-bench-wal-")
+            )
+        for name, overrides in (("baseline", BASELINE), ("pay-once", {})):
+            if args.only in (None, name):
+                results.append(run(name, overrides, args))
     if len(results) == 2:
         base, new = results
         per_kill = [sum(r["repaid"] for r in x["kills"]) / len(x["kills"]) for x in (base, new)]

@@ -454,6 +454,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.filename is not None:
             return fail(f"{exc.filename}: {exc.strerror or exc}")
         return fail(str(exc))
+    except OSError as exc:
+        # An object store that refuses or stops answering (here or in a Ray worker): what it said, what to check.
+        from curation.store.runstore import store_hint
+
+        hint = store_hint(exc)
+        if not hint:
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if "AWS Error" in line or "Bucket" in line]
+        return fail(f"the run's object store failed: {lines[-1] if lines else str(exc).splitlines()[0]}{hint}")
     except SystemExit as exc:
         if isinstance(exc.code, str):
             return fail(exc.code.removeprefix(f"m1 {args.command}: "), 1)

@@ -393,7 +393,10 @@ def run_stages(
             result = stage.run(StageContext(store=store, config=cfg, input_hash=input_hash))
             result.check_accounting(stage.name)
         except BaseException:
-            store.gc()  # the failed stage's uncommitted versions and scratch; committed tables are untouched
+            try:
+                store.gc()  # the failed stage's uncommitted versions and scratch; committed tables are untouched
+            except OSError as exc:  # e.g. the object store went away: the stage's own error is the one to show
+                log(f"[{stage.name}] could not remove the failed stage's files yet ({exc}); the next run does")
             raise
         record = {
             "name": stage.name,

@@ -6,11 +6,20 @@ curate stages, SQL, report and export on an s3 run, with the bad cases (missing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from conftest import free_port
 
 from curation.engines import Ledger, make_request, requests_table
 from curation.engines.request import response_row
@@ -123,3 +132,153 @@ def test_curate_demo_without_a_tiny_model_names_the_engine_the_path_and_what_to_
     (tmp_path / "tiny-model").mkdir()
     (tmp_path / "tiny-model" / "config.json").write_text("{}")
     check_engine_models(cfg, ["score", "classify"])  # a model folder: fine
+
+
+# ---- bad cases: missing bucket, wrong credentials, the endpoint down mid-stage --------------------------------
+def m1(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "curation.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+
+
+class Proxy:
+    """A TCP forwarder to the S3 server that can go down at once (listener and live connections), as an
+    endpoint that stops answering in the middle of a stage."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit("//", 1)[1].split(":")
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        self.down = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.down.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.down.set()
+        self.listener.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+
+
+def test_missing_bucket_and_wrong_credentials_are_clear_errors(s3_bucket: str, tmp_path: Path) -> None:
+    out = m1("curate", "demo", "--run-dir", "s3://m1-no-such-bucket/runs/x", "--stages", "ingest")
+    assert out.returncode == 2 and "Bucket 'm1-no-such-bucket' not found" in out.stderr, out.stderr
+    assert "create the bucket" in out.stderr and "Traceback" not in out.stderr
+    # A server that checks credentials (moto's IAM auth from the first request on): ours are unknown to it.
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+            "INITIAL_NO_AUTH_ACTION_COUNT": "0",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}")
+        out = m1(
+            "curate",
+            "demo",
+            "--run-dir",
+            f"{s3_bucket}/runs/x",
+            "--stages",
+            "ingest",
+            env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"},
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert out.returncode == 2 and "ACCESS_DENIED" in out.stderr, out.stderr
+    assert "AWS_ACCESS_KEY_ID" in out.stderr and "Traceback" not in out.stderr
+
+
+def wait_for_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_the_endpoint_going_down_mid_stage_leaves_the_previous_commit(
+    s3_server: dict, s3_bucket: str
+) -> None:
+    import pyarrow.fs as pafs
+
+    from curation.store.runstore import RunStore
+
+    run = f"{s3_bucket}/runs/x"
+    out = m1("curate", "demo", "--run-dir", run, "--stages", "ingest")
+    assert out.returncode == 0, out.stderr[-3000:]
+    before = RunStore(run, create=False).manifest
+    fs, root = pafs.FileSystem.from_uri(run)
+    listing = lambda: {i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))}  # noqa: E731
+    known = listing()
+    proxy = Proxy(s3_server["AWS_ENDPOINT_URL"])
+    proc = subprocess.Popen(  # ingest again (--force: a new version) through the proxy
+        [
+            sys.executable,
+            "-m",
+            "curation.cli",
+            "curate",
+            "demo",
+            "--run-dir",
+            run,
+            "--stages",
+            "ingest",
+            "--force",
+        ],
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "AWS_ENDPOINT_URL": proxy.url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (listing() - known) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proxy.stop()  # the stage's first new file is in: the endpoint goes away
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stdout[-2000:] + stderr[-3000:]
+    assert "Traceback" not in stderr and "AWS_ENDPOINT_URL" in stderr, stderr[-3000:]
+    after = RunStore(run, create=False)
+    assert after.manifest == before  # nothing half-committed: the previous versions are current
+    n = before["tables"]["questions"]["rows"]
+    assert (
+        m1("sql", run, "SELECT count(*) AS n FROM questions", "--format", "json").stdout.strip()
+        == f'{{"n": {n}}}'
+    )
+    print(stderr[-3000:])

@@ -73,6 +73,30 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         ) from None
 
 
+def store_hint(exc: BaseException) -> str:
+    """What to check for an object-store error, from pyarrow's message ('' when nothing specific applies)."""
+    text = str(exc)
+    if "not found" in text and "Bucket" in text:
+        return "; create the bucket first (m1 never creates buckets), or fix its name"
+    if any(
+        code in text
+        for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")
+    ):
+        return (
+            "; the store refused these credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or "
+            "AWS_PROFILE) and that they may read and write this bucket"
+        )
+    if any(
+        code in text
+        for code in ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "connect to", "timed out")
+    ):
+        return (
+            "; the object store does not answer: check AWS_ENDPOINT_URL (or the default endpoint), the network, "
+            "and retry (committed stages are kept; a rerun resumes after them)"
+        )
+    return ""
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -119,7 +143,9 @@ class RunStore:
         except (OSError, pa.ArrowException) as exc:
             if isinstance(exc, RunDirError):
                 raise
-            raise RunDirError(f"run directory {uri!r}: cannot open or create it ({exc})") from None
+            raise RunDirError(
+                f"run directory {uri!r}: cannot open or create it ({exc}){store_hint(exc)}"
+            ) from None
         self._manifest: dict[str, Any] | None = None
 
     # ---- paths -------------------------------------------------------------------------------------
