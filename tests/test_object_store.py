@@ -69,6 +69,18 @@ def test_an_s3_ledger_keeps_its_segments_on_local_disk_and_a_rerun_folds_them(
     assert len(Ledger(uri).answered_ids()) == 3  # from the object store now, whichever node asks
 
 
+def test_an_llm_stage_on_an_s3_run_states_the_bound_of_what_a_lost_node_re_pays(
+    s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from curation.engines import OpenAIEngineConfig, _object_store_notice
+
+    engine = OpenAIEngineConfig(base_url="http://127.0.0.1:9/v1", actors=3, flush_every_rows=200)
+    _object_store_notice(engine, f"{s3_bucket}/runs/x/ledger")
+    assert "a rerun pays again at most 600 answers (3 workers x 200)" in capsys.readouterr().err
+    _object_store_notice(engine, str(tmp_path / "ledger"))  # a local run: its segments are in the run
+    assert capsys.readouterr().err == ""
+
+
 # ---- the rehearsal server reads its pool from s3 ---------------------------------------------------------------
 def test_the_rehearsal_server_reads_its_pool_from_an_s3_run(
     s3_bucket: str, tmp_path_factory: pytest.TempPathFactory
@@ -282,3 +294,61 @@ def test_the_endpoint_going_down_mid_stage_leaves_the_previous_commit(
         == f'{{"n": {n}}}'
     )
     print(stderr[-3000:])
+
+
+# ---- the demo chain's curate stages into s3 -----------------------------------------------------------------
+@pytest.mark.slow
+def test_the_demo_chain_curates_into_s3_then_reruns_queries_reports_and_exports(
+    s3_bucket: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from curation.devtools.demo import write_demo_config
+    from curation.store.runstore import RunStore
+
+    config = str(write_demo_config(tmp_path, tiny_model_dir))  # the tiny model; the teacher is rehearsed
+    run = f"{s3_bucket}/runs/demo"
+    out = m1("curate", config, "--run-dir", run, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "a rerun pays again at most" in out.stderr  # the teacher's ledger is on s3: the bound is stated
+    stages = RunStore(run, create=False).manifest["stages"]
+    assert len(stages) == 9 and all(s["status"] == "complete" for s in stages.values())
+    again = m1("curate", config, "--run-dir", run)
+    assert again.returncode == 0 and again.stdout.count("complete for config hash") == 9, again.stderr[-3000:]
+    out = m1("sql", run, "SELECT stage, rows_out FROM stages WHERE stage = 'teacher'", "--format", "json")
+    assert out.returncode == 0 and '"teacher"' in out.stdout, out.stderr
+    assert m1("report", run, "--out", str(tmp_path / "r.html")).returncode == 0
+    assert "teacher" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    out = m1("export", run, "--table", "m23k", "--format", "parquet", "--out", str(tmp_path / "m23k.parquet"))
+    assert out.returncode == 0, out.stderr
+    assert (
+        pq.read_table(tmp_path / "m23k.parquet").num_rows
+        == RunStore(run, create=False).tables()["m23k"]["rows"]
+    )
+
+
+# ---- a two-node cluster job writing to s3 -------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_two_node_cluster_job_writes_its_run_to_s3(s3_server: dict, s3_bucket: str) -> None:
+    from test_cluster import check_accounting, free_stages, submit
+
+    from curation.devtools.local_cluster import LocalCluster
+    from curation.store.runstore import RunStore
+
+    run = f"{s3_bucket}/runs/job"
+    with LocalCluster(workers=1, cpus=1, env=s3_server) as cluster:  # both nodes get the endpoint and keys
+        job_id, out = submit(
+            cluster,
+            "curate",
+            "curation/configs/demo.yaml",
+            "--stages",
+            ",".join(free_stages()),
+            "--run-dir",
+            run,
+        )
+        assert f"Job '{job_id}' succeeded" in out and cluster.alive_nodes() == 2
+    m = RunStore(run, create=False).manifest
+    check_accounting(m, free_stages())
+    assert m["ray_job"] == job_id
+    sql = m1("sql", run, "SELECT count(*) AS n FROM candidates", "--format", "json")
+    assert sql.returncode == 0 and f'"n": {m["tables"]["candidates"]["rows"]}' in sql.stdout, sql.stderr
