@@ -108,7 +108,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     if catalog:
         print(f"\ntables: {', '.join(sorted(store.tables()))}")
         print(f'query:  m1 sql {args.run_dir} "SELECT source, count(*) FROM questions GROUP BY source"')
-        print(f"        or open {catalog} in any DuckDB client")
+        print(f"        or: cd {store.root} && duckdb -readonly catalog.duckdb   (any DuckDB client >= 1.0)")
     return 0
 
 
@@ -462,7 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hint:
             raise
         lines = [line.strip() for line in str(exc).splitlines() if "AWS Error" in line or "Bucket" in line]
-        return fail(f"the run's object store failed: {lines[-1] if lines else str(exc).splitlines()[0]}{hint}")
+        return fail(
+            f"the run's object store failed: {lines[-1] if lines else str(exc).splitlines()[0]}{hint}"
+        )
     except SystemExit as exc:
         if isinstance(exc.code, str):
             return fail(exc.code.removeprefix(f"m1 {args.command}: "), 1)

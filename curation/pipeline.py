@@ -395,13 +395,17 @@ def run_stages(
         except BaseException:
             try:
                 store.gc()  # the failed stage's uncommitted versions and scratch; committed tables are untouched
-            except OSError as exc:  # e.g. the object store went away: the stage's own error is the one to show
-                log(f"[{stage.name}] could not remove the failed stage's files yet ({exc}); the next run does")
+            except OSError as exc:
+                # e.g. the object store went away: the stage's own error is the one to show
+                log(
+                    f"[{stage.name}] could not remove the failed stage's files yet ({exc}); the next run does"
+                )
             raise
         record = {
             "name": stage.name,
             "status": "complete",
-            "position": _pipeline_position(stage.name),  # the manifest keeps no order: the funnel sorts by this
+            # The manifest keeps no order: the funnel sorts by this.
+            "position": _pipeline_position(stage.name),
             "input_hash": input_hash,
             "started_at": started,
             "finished_at": utc_now(),

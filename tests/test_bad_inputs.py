@@ -613,10 +613,10 @@ def test_deleted_table_files_leave_the_rest_queryable(
     capsys.readouterr()
     code, out, err = cli(capsys, "sql", run, "SELECT count(*) AS n FROM questions", "--format", "json")
     assert code == 0 and json.loads(out) == {"n": 4}
-    assert "table 'rejects/ingest'" in err and "no files left" in err
-    user_error(cli(capsys, "sql", run, "SELECT * FROM rejects_ingest"), "rejects_ingest")
+    assert "table 'rejects/ingest'" in err and "is MISSING: no Parquet file" in err and "left out" in err
+    user_error(cli(capsys, "sql", run, "SELECT * FROM rejects_ingest"), "rejects_ingest", "was left out")
     code, out, err = cli(capsys, "runs", run.parent)
-    assert code == 0 and "FILES MISSING" in out
+    assert code == 0 and "MISSING: no Parquet file" in out
 
 
 def test_damaged_table_files_name_the_table_and_curate_repairs_lost_ones(
@@ -627,7 +627,11 @@ def test_damaged_table_files_name_the_table_and_curate_repairs_lost_ones(
     part = next((run / entry["path"]).glob("*.parquet"))
     part.write_bytes(part.read_bytes()[:20])
     capsys.readouterr()
-    user_error(cli(capsys, "sql", run, "SELECT 1"), "table 'questions'", "cannot be read", "--force")
+    # The damaged table is named with what is wrong and left out; the other tables still answer.
+    code, out, err = cli(capsys, "sql", run, "SELECT count(*) AS n FROM rejects", "--format", "json")
+    assert code == 0 and json.loads(out) == {"n": 0}
+    assert "table 'questions'" in err and "is CORRUPT: not a readable Parquet file" in err and "--force" in err
+    user_error(cli(capsys, "sql", run, "SELECT * FROM questions"), "questions", "was left out")
     # Files deleted by hand: the stage is no longer complete, and resuming rebuilds it (same inputs: no --force).
     shutil.rmtree(run / entry["path"])
     code, out, err = cli(capsys, "curate", config, "--run-dir", run)

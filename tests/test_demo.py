@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from curation.engines.ledger import Ledger
+from curation.store.catalog import open_catalog
 from curation.store.runstore import RunStore
 
 # Keys planted in the environment of every demo command (issue 21): none may reach a file the run writes.
@@ -129,7 +129,7 @@ def test_demo_end_to_end_and_rerun_pays_nothing(tmp_path):
     assert (ingest["rows_in"], ingest["rows_out"], ingest["rows_rejected"]) == (341, 311, 30)
     for name in ("score", "teacher", "curate"):
         assert stages[name]["status"] == "complete"
-    con = duckdb.connect(str(tmp_path / "demo" / "catalog.duckdb"), read_only=True)
+    con = open_catalog(run_dir)  # catalog.duckdb, told where the run is (its views read run-relative paths)
     n_pool = con.execute("SELECT count(*) FROM questions").fetchall()[0][0]
     scored = stages["score"]["rows_in"]
     assert (

@@ -52,12 +52,9 @@ def _trainer_state(checkpoint: str) -> dict:
 
 
 def _metrics(run: Path, name: str) -> list[dict]:
-    import duckdb
+    from curation.store.catalog import open_catalog
 
-    from curation.store.runstore import RunStore
-
-    catalog = RunStore(str(run), create=False).path("catalog.duckdb")
-    with duckdb.connect(catalog, read_only=True) as con:
+    with open_catalog(str(run)) as con:
         rows = con.sql(f"SELECT * FROM sft_metrics WHERE sft_run = '{name}' ORDER BY step").to_arrow_table()
     return rows.to_pylist()
 

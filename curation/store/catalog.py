@@ -202,6 +202,15 @@ def connect(store: RunStore, skip: set[str] | frozenset[str] = frozenset()) -> d
     return con
 
 
+def open_catalog(run_dir: str) -> duckdb.DuckDBPyConnection:
+    """RUN_DIR/catalog.duckdb opened read-only from Python, wherever the caller's working directory is (its views
+    read paths relative to the run directory: DuckDB is told where that is)."""
+    root = os.path.abspath(run_dir)
+    con = duckdb.connect(os.path.join(root, CATALOG_FILE), read_only=True)
+    con.execute("SET file_search_path = ?", [root])
+    return con
+
+
 def _help_rows(store: RunStore, source: Source) -> pa.Table:
     run = store.location("")
     if source == "relative":
