@@ -60,21 +60,36 @@ def bytes_written(uri: str) -> tuple[int, int]:
     return len(files), sum(i.size for i in files)
 
 
-def bench_curate(s3_root: str, work: Path) -> None:
+def bench_curate(s3_root: str, work: Path, rounds: int) -> None:
     from curation.devtools.demo import write_demo_config
     from curation.devtools.tiny_model import build_tiny_model
 
     model = build_tiny_model(work / "tiny-model")
     config = str(write_demo_config(work, model))
-    rows = []
-    for where, run in (("local", str(work / "run-local")), ("s3", f"{s3_root}/runs/demo")):
-        wall = m1("curate", config, "--run-dir", run)
-        rows.append((where, wall, *bytes_written(run)))
-    print("\nm1 curate of the demo config (9 stages, fresh process each):")
-    print(f"  {'run dir':>8} {'wall s':>8} {'files':>6} {'bytes':>12}")
-    for where, wall, files, size in rows:
-        print(f"  {where:>8} {wall:>8.1f} {files:>6} {size:>12,}")
-    print(f"  s3 / local wall ratio {rows[1][1] / rows[0][1]:.2f}; bytes ratio {rows[1][3] / rows[0][3]:.2f}")
+    walls: dict[str, list[float]] = {"local": [], "s3": []}
+    written: dict[str, tuple[int, int]] = {}
+    for r in range(
+        rounds
+    ):  # alternating order (local, s3, s3, local, ...): drift in the machine's load cancels
+        order = ("local", "s3") if r % 2 == 0 else ("s3", "local")
+        for where in order:
+            run = str(work / f"run-local-{r}") if where == "local" else f"{s3_root}/runs/demo-{r}"
+            walls[where].append(m1("curate", config, "--run-dir", run))
+            written[where] = bytes_written(run)
+            print(f"  round {r + 1}: {where} {walls[where][-1]:.1f} s", flush=True)
+    catalog = os.path.getsize(work / "run-local-0" / "catalog.duckdb")
+    print(f"\nm1 curate of the demo config (9 stages, a fresh process and run dir each), {rounds} rounds:")
+    print(f"  {'run dir':>8} {'median s':>9} {'all s':>24} {'files':>6} {'bytes':>12}")
+    for where in ("local", "s3"):
+        files, size = written[where]
+        runs = ", ".join(f"{w:.1f}" for w in walls[where])
+        print(f"  {where:>8} {statistics.median(walls[where]):>9.1f} {runs:>24} {files:>6} {size:>12,}")
+    ratio = statistics.median(walls["s3"]) / statistics.median(walls["local"])
+    same = written["s3"][1] / (written["local"][1] - catalog)
+    print(
+        f"  s3 / local wall ratio {ratio:.2f}; bytes s3 / local without catalog.duckdb ({catalog:,} bytes, "
+        f"local runs only) {same:.2f}"
+    )
 
 
 def bench_sql(s3_root: str, work: Path, n_rows: int, repeats: int) -> None:
@@ -126,6 +141,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=196_157)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="curate rounds (each: one local, one s3 run)")
     parser.add_argument("--skip-curate", action="store_true")
     parser.add_argument("--skip-sql", action="store_true")
     args = parser.parse_args()
@@ -133,7 +149,7 @@ def main() -> None:
         work = Path(tmp)
         os.environ["M1_WAL_DIR"] = str(work / "wal")
         if not args.skip_curate:
-            bench_curate(s3_root, work)
+            bench_curate(s3_root, work, args.rounds)
         if not args.skip_sql:
             bench_sql(s3_root, work, args.rows, args.repeats)
 
