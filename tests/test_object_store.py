@@ -76,7 +76,7 @@ def test_an_llm_stage_on_an_s3_run_states_the_bound_of_what_a_lost_node_re_pays(
 
     engine = OpenAIEngineConfig(base_url="http://127.0.0.1:9/v1", actors=3, flush_every_rows=200)
     _object_store_notice(engine, f"{s3_bucket}/runs/x/ledger")
-    assert "a rerun pays again at most 600 answers (3 workers x 200)" in capsys.readouterr().err
+    assert "a rerun pays again at most about 600 answers (3 workers x 200;" in capsys.readouterr().err
     _object_store_notice(engine, str(tmp_path / "ledger"))  # a local run: its segments are in the run
     assert capsys.readouterr().err == ""
 
@@ -310,7 +310,9 @@ def test_the_demo_chain_curates_into_s3_then_reruns_queries_reports_and_exports(
     run = f"{s3_bucket}/runs/demo"
     out = m1("curate", config, "--run-dir", run, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "a rerun pays again at most" in out.stderr  # the teacher's ledger is on s3: the bound is stated
+    assert (
+        "a rerun pays again at most about" in out.stderr
+    )  # the teacher's ledger is on s3: the bound is stated
     stages = RunStore(run, create=False).manifest["stages"]
     assert len(stages) == 9 and all(s["status"] == "complete" for s in stages.values())
     again = m1("curate", config, "--run-dir", run)

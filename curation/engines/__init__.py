@@ -237,8 +237,8 @@ def _object_store_notice(engine: Any, ledger_uri: str) -> None:
         f"m1 {_engine_label(engine)}: the ledger is on an object store; each worker writes its answers ahead "
         f"to its node's local disk ({node_wal_root()}/<ledger hash>) and folds them into the ledger every "
         f"{engine.flush_every_rows} answers or {engine.flush_every_s:g} s. If a node is lost, a rerun pays "
-        f"again at most {bound:,} answers ({engine.actors} workers x {engine.flush_every_rows}); a rerun on the "
-        "same node pays none again",
+        f"again at most about {bound:,} answers ({engine.actors} workers x {engine.flush_every_rows}; more only "
+        "while the store is slow to take a shard); a rerun on the same node pays none again",
         file=sys.stderr,
     )
 

@@ -56,8 +56,9 @@ def node_wal_dir(fs: pafs.FileSystem, root: str) -> str:
 
 
 def loss_bound(actors: int, flush_every_rows: int) -> int:
-    """Answers of an object-store ledger that a lost node can take with it at most: those in its workers'
-    write-ahead segments not yet folded into a Parquet shard (each worker folds every ``flush_every_rows``)."""
+    """Answers of an object-store ledger that a lost node can take with it: those in its workers' write-ahead
+    segments not yet folded into a Parquet shard. Each worker folds every ``flush_every_rows`` answers (and every
+    ``flush_every_s``), so this is the bound unless the store is slow to take a shard while answers keep coming."""
     return actors * flush_every_rows
 
 
