@@ -70,72 +70,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def s3_server() -> Iterator[dict[str, str]]:
     """A real S3-compatible server (moto_server) on loopback for the session; yields the environment a process
     needs to reach it (endpoint and dummy credentials). Stopped by PID; only this server is touched."""
-    import shutil
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from curation.devtools.loopback_s3 import moto_server
 
-    # This environment's moto first: a moto_server elsewhere on PATH may be another version.
-    exe = str(Path(sys.executable).parent / "moto_server")
-    exe = exe if os.path.exists(exe) else (shutil.which("moto_server") or exe)
-    if not os.path.exists(exe):
-        pytest.fail("moto_server not found: install the dev extra (pip install -e '.[dev]') for moto[server]")
-    port = free_port()
-    # Without pytest's variables: moto changes behaviour when it believes it runs inside a test.
-    server_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "AWS_"))}
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=server_env,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto_server did not start on {endpoint}")
-            time.sleep(0.2)
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret-not-real",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    try:
+    with moto_server() as env:
         yield env
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture
 def s3_bucket(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket on the session's S3 server, with this process's environment pointing at it; returns
     ``s3://<bucket>``. Subprocesses get the same environment through os.environ."""
-    import uuid
-
-    import pyarrow.fs as pafs
+    from curation.devtools.loopback_s3 import create_bucket
 
     for key, value in s3_server.items():
         monkeypatch.setenv(key, value)
-    bucket = f"m1-test-{uuid.uuid4().hex[:10]}"
-    fs = pafs.S3FileSystem(
-        endpoint_override=s3_server["AWS_ENDPOINT_URL"],
-        access_key=s3_server["AWS_ACCESS_KEY_ID"],
-        secret_key=s3_server["AWS_SECRET_ACCESS_KEY"],
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    fs.create_dir(bucket)
-    return f"s3://{bucket}"
+    return create_bucket(s3_server, "m1-test")

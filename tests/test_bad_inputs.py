@@ -630,7 +630,9 @@ def test_damaged_table_files_name_the_table_and_curate_repairs_lost_ones(
     # The damaged table is named with what is wrong and left out; the other tables still answer.
     code, out, err = cli(capsys, "sql", run, "SELECT count(*) AS n FROM rejects", "--format", "json")
     assert code == 0 and json.loads(out) == {"n": 0}
-    assert "table 'questions'" in err and "is CORRUPT: not a readable Parquet file" in err and "--force" in err
+    assert (
+        "table 'questions'" in err and "is CORRUPT: not a readable Parquet file" in err and "--force" in err
+    )
     user_error(cli(capsys, "sql", run, "SELECT * FROM questions"), "questions", "was left out")
     # Files deleted by hand: the stage is no longer complete, and resuming rebuilds it (same inputs: no --force).
     shutil.rmtree(run / entry["path"])

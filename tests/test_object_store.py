@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import free_port
 
 from curation.engines import Ledger, make_request, requests_table
 from curation.engines.request import response_row
@@ -203,18 +202,9 @@ def test_missing_bucket_and_wrong_credentials_are_clear_errors(s3_bucket: str, t
     assert out.returncode == 2 and "Bucket 'm1-no-such-bucket' not found" in out.stderr, out.stderr
     assert "create the bucket" in out.stderr and "Traceback" not in out.stderr
     # A server that checks credentials (moto's IAM auth from the first request on): ours are unknown to it.
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-            "INITIAL_NO_AUTH_ACTION_COUNT": "0",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}")
+    from curation.devtools.loopback_s3 import moto_server
+
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as strict:
         out = m1(
             "curate",
             "demo",
@@ -222,11 +212,8 @@ def test_missing_bucket_and_wrong_credentials_are_clear_errors(s3_bucket: str, t
             f"{s3_bucket}/runs/x",
             "--stages",
             "ingest",
-            env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"},
+            env={"AWS_ENDPOINT_URL": strict["AWS_ENDPOINT_URL"]},
         )
-    finally:
-        server.terminate()
-        server.wait(10)
     assert out.returncode == 2 and "ACCESS_DENIED" in out.stderr, out.stderr
     assert "AWS_ACCESS_KEY_ID" in out.stderr and "Traceback" not in out.stderr
 
