@@ -21,12 +21,16 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation import __version__
 from curation.errors import RunDirError, UserError, redact_secrets
 from curation.jobenv import check_run_dir
 from curation.rundir import new_run_dir
+
+if TYPE_CHECKING:  # the store layer is imported where a command runs, not at CLI start-up
+    from curation.store.health import TableProblem
+    from curation.store.runstore import RunStore
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 # Commands that only read a run dir; every other command given a --run-dir writes one.
@@ -113,7 +117,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 
 # ---- sql -------------------------------------------------------------------------------------------
-def _open_run_for_sql(run_dir: str) -> Any:
+def _open_run_for_sql(run_dir: str) -> tuple[RunStore, dict[str, TableProblem]]:
     """The run's store, after every table's footers and schema were checked; problems are warned about and the
     table is left out, so the rest stays queryable."""
     from curation.store.health import check_run
@@ -277,27 +281,25 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return fs.get_file_info(f"{path}/manifest.json").type == pafs.FileType.File
 
     prefix = root[: len(root) - len(base)] if "://" in root else ""  # s3://bucket/x -> "s3://" + bucket/x
+    # (what the user names the run by, its path on ``fs``)
     if is_run(base):
-        candidates = [root]
+        candidates = [(root, base)]
     else:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
-        candidates = sorted(
-            (prefix + i.path if prefix else i.path) for i in infos if i.type == pafs.FileType.Directory
-        )
-    root = Path(root) if "://" not in root else root
+        candidates = sorted((prefix + i.path, i.path) for i in infos if i.type == pafs.FileType.Directory)
     rows = []
     broken = 0
-    for path in candidates:
-        if not is_run(resolve(str(path))[1]):
+    for path, fs_path in candidates:
+        if not is_run(fs_path):
             continue
         try:
-            store = RunStore(str(path), create=False)
+            store = RunStore(path, create=False)
             m = store.manifest
             stages = m.get("stages", {})
             problems = check_run(store)
             rows.append(
                 {
-                    "run": str(path),
+                    "run": path,
                     "updated": str(m.get("updated_at", "")),
                     "config_hash": str(m.get("config_hash", "")),
                     "stages": "CORRUPT"
@@ -315,7 +317,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             broken += 1
             reason = str(exc).split("\n")[0]
             rows.append(
-                {"run": str(path), "updated": "", "config_hash": "", "stages": "CORRUPT", "tables": reason}
+                {"run": path, "updated": "", "config_hash": "", "stages": "CORRUPT", "tables": reason}
             )
     if not rows:
         print(f"no runs under {root}")
