@@ -142,6 +142,15 @@ class RayOptions(Strict):
         return value
 
 
+class StageResources(Strict):
+    """Per-stage override of what one Ray task or actor of the stage reserves (NeMo Curator's ``with_()``)."""
+
+    cpus: float | None = Field(None, gt=0, description="CPUs per task/actor of the stage")
+    memory_gib: float | None = Field(
+        None, gt=0, description="memory per task/actor (Ray's scheduler reserves it; not a hard cap)"
+    )
+
+
 # ---- stage sections: one model per stage, owned by that stage (curation/stages/<stage>.py reads it) -------
 class MinHashOptions(Strict):
     """MinHash LSH parameters (curation/rules/minhash.py); give bands and rows, or an LSH threshold."""
@@ -383,6 +392,11 @@ class CurationConfig(Strict):
     teacher: TeacherOptions = Field(default_factory=TeacherOptions)
     classify: ClassifyOptions = Field(default_factory=ClassifyOptions)
     sample: SampleOptions = Field(default_factory=SampleOptions)
+    resources: dict[str, StageResources] = Field(
+        default_factory=dict,
+        description="per stage name: CPUs/memory each of its Ray tasks reserves, overriding the stage's own "
+        "declaration; a stage that launches no Ray work of its own refuses an override",
+    )
 
     @field_validator("sources")
     @classmethod

@@ -26,7 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from curation import __version__
@@ -39,11 +39,26 @@ from curation.store.runstore import RunStore, TableVersion, utc_now
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage needs; the executor reads this, so scaling is a config change."""
+    """What one Ray task or actor of a stage reserves. The runner hands the stage its declaration, with the
+    config's ``resources.<stage>`` override applied (:meth:`with_`), as ``StageContext.resources``; the stage
+    passes :meth:`ray_options` to every Ray task or ``map_batches`` it launches."""
 
     cpus: float = 1.0
     gpus: float = 0.0
     memory_gib: float | None = None
+
+    def with_(self, **overrides: float | None) -> Resources:
+        """A copy with the given fields replaced (None leaves a field as declared)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def ray_options(self) -> dict[str, Any]:
+        """``num_cpus``/``num_gpus``/``memory`` for ``ray.remote(...).options`` or ``map_batches``."""
+        opts: dict[str, Any] = {"num_cpus": self.cpus}
+        if self.gpus:
+            opts["num_gpus"] = self.gpus
+        if self.memory_gib is not None:
+            opts["memory"] = int(self.memory_gib * 2**30)
+        return opts
 
 
 @dataclass
@@ -53,6 +68,7 @@ class StageContext:
     store: RunStore
     config: CurationConfig
     input_hash: str
+    resources: Resources | None = None  # the stage's declaration with the config's override applied
 
 
 @dataclass
@@ -83,7 +99,9 @@ class Stage(ABC):
     name: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
-    resources: ClassVar[Resources] = Resources()
+    # None: the stage launches no Ray work of its own (its LLM engines declare theirs, per engine config), so
+    # a `resources:` override for it is refused rather than ignored.
+    resources: ClassVar[Resources | None] = None
 
     def enabled(self, cfg: CurationConfig) -> bool:
         """Whether the config asks for this stage (a stage with no config section of its own is skipped)."""
@@ -327,6 +345,28 @@ def conflict_message(conflicts: Sequence[Conflict], store: RunStore) -> str:
     return "\n".join(lines)
 
 
+def stage_resources(stages: Sequence[Stage], cfg: CurationConfig) -> dict[str, Resources | None]:
+    """Each stage's declared resources with the config's ``resources:`` override applied; an override naming
+    no stage, or a stage that launches no Ray work of its own, is a config error (never silently ignored)."""
+    names = {s.name: s for s in stages}
+    for name in cfg.resources:
+        if name not in names:
+            raise ConfigError(f"resources.{name}: no such stage; stages: {', '.join(names)}")
+        if names[name].resources is None:
+            raise ConfigError(
+                f"resources.{name}: stage {name!r} launches no Ray work of its own (its LLM work runs on engine "
+                "replicas: set their CPUs/GPUs in the engine's config, e.g. engines.<name>.cpus_per_replica)"
+            )
+    out: dict[str, Resources | None] = {}
+    for stage in stages:
+        override = cfg.resources.get(stage.name)
+        declared = stage.resources
+        out[stage.name] = (
+            declared.with_(**override.model_dump()) if declared is not None and override else declared
+        )
+    return out
+
+
 def run_stages(
     stages: Sequence[Stage],
     cfg: CurationConfig,
@@ -353,6 +393,7 @@ def run_stages(
     # Paths under the working dir are hashed relative to it: a `ray job submit` unpacks it elsewhere each time.
     # Secrets never reach a stage record (an engine's env_vars, headers): what is hashed is what is recorded.
     own_by_stage = {stage.name: portable_paths(scrub_secrets(stage.hash_inputs(cfg))) for stage in active}
+    resources_by_stage = stage_resources(stages, cfg)
     conflicts = find_conflicts(active, own_by_stage, store)
     if conflicts:
         if not force:
@@ -384,13 +425,13 @@ def run_stages(
         if dry_run and (planning or stage.sends_requests):
             planning = True
             log(
-                f"[{stage.name}] dry run: {stage.plan(StageContext(store=store, config=cfg, input_hash=input_hash))}"
+                f"[{stage.name}] dry run: {stage.plan(StageContext(store, cfg, input_hash, resources_by_stage[stage.name]))}"
             )
             continue
         log(f"[{stage.name}] running")
         started, t0 = utc_now(), time.perf_counter()
         try:
-            result = stage.run(StageContext(store=store, config=cfg, input_hash=input_hash))
+            result = stage.run(StageContext(store, cfg, input_hash, resources_by_stage[stage.name]))
             result.check_accounting(stage.name)
         except BaseException:
             try:

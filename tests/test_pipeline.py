@@ -203,3 +203,25 @@ def test_a_failing_first_run_writes_no_manifest(tmp_path):
     assert not list((tmp_path / "run").rglob("*.parquet")), (
         "the failed stage's uncommitted version is removed"
     )
+
+
+def test_stage_resources_apply_the_config_override_and_refuse_what_would_be_ignored():
+    from curation.config import ConfigError
+    from curation.pipeline import Resources, stage_resources
+    from curation.stages import stage_registry
+
+    stages = [cls() for cls in stage_registry().values()]
+    base = {"sources": [{"name": "a", "format": "medqa", "path": "x.jsonl"}]}
+    declared = stage_resources(stages, CurationConfig.model_validate(base))
+    dedup = next(s for s in stages if s.name == "dedup")
+    assert declared["dedup"] == dedup.resources and declared["score"] is None
+    cfg = CurationConfig.model_validate({**base, "resources": {"dedup": {"cpus": 0.5, "memory_gib": 3}}})
+    got = stage_resources(stages, cfg)["dedup"]
+    assert got == Resources(cpus=0.5, gpus=dedup.resources.gpus, memory_gib=3.0)
+    assert got.ray_options() == {"num_cpus": 0.5, "memory": 3 * 2**30}
+    with pytest.raises(ConfigError, match=r"resources\.dedupe: no such stage"):
+        stage_resources(stages, CurationConfig.model_validate({**base, "resources": {"dedupe": {"cpus": 1}}}))
+    with pytest.raises(ConfigError, match=r"resources\.score: stage 'score' launches no Ray work"):
+        stage_resources(stages, CurationConfig.model_validate({**base, "resources": {"score": {"cpus": 1}}}))
+    with pytest.raises(Exception, match="greater than 0"):
+        CurationConfig.model_validate({**base, "resources": {"dedup": {"cpus": 0}}})

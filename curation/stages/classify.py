@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import schemas
 from curation.config import CurationConfig
 from curation.errors import UserError
-from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.mesh_cues import REASK_PROMPT, classification_prompt, parse_code
 
 STAGE = "classify"
@@ -315,7 +315,6 @@ class ClassifyStage(Stage):
     name: ClassVar[str] = STAGE
     inputs: ClassVar[tuple[str, ...]] = (INPUT,)
     outputs: ClassVar[tuple[str, ...]] = ("labels", "rejects/classify", "mesh_qualifiers")
-    resources: ClassVar[Resources] = Resources(cpus=1.0)
     sends_requests: ClassVar[bool] = True  # with method llm; a dry run only plans it
     batch_rows: ClassVar[int] = 8192
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import CurationConfig
-from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.traces import sft_text
 from curation.stages.llm import attach, bounded_duckdb, question_source_table
 
@@ -51,7 +51,6 @@ class CurateStage(Stage):
     name: ClassVar[str] = STAGE
     inputs: ClassVar[tuple[str, ...]] = ("questions", "candidates", "traces")
     outputs: ClassVar[tuple[str, ...]] = ("curated",)
-    resources: ClassVar[Resources] = Resources(cpus=1.0)
     batch_rows: ClassVar[int] = 8192
 
     def enabled(self, cfg: CurationConfig) -> bool:

@@ -546,16 +546,17 @@ class IngestStage(Stage):
         written: list[TableVersion] = []
         try:
             items = [{"spec": spec.to_json()} for spec in specs]
+            task_options = (ctx.resources or self.resources).ray_options()
             ds = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
                 stage_specs_batch,
                 fn_kwargs={"parsers": _parsers(cfg.sources)},
                 batch_size=1,
                 batch_format="pyarrow",
-                num_cpus=self.resources.cpus,
-                # No memory= here: a resource request the Write operator lacks stops Ray Data from fusing
-                # parse and write into one task, and every staged block then crosses the object store.
+                **task_options,
             )
-            ds.write_parquet(store.path(scratch), filesystem=store.fs)
+            # The write gets the same request: Ray Data fuses parse and write into one task only when their
+            # resource requests match; otherwise every staged block crosses the object store.
+            ds.write_parquet(store.path(scratch), filesystem=store.fs, ray_remote_args=task_options)
             clock.lap("parse")
 
             con = duckdb.connect()

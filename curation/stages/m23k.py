@@ -17,7 +17,7 @@ import pyarrow as pa
 import schemas
 from curation.config import CurationConfig
 from curation.errors import UserError
-from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.pipeline import Stage, StageContext, StageResult
 from curation.readers import fingerprint
 from curation.rules import minhash as mh
 from curation.rules.decontam import find_matches
@@ -32,7 +32,6 @@ class M23kStage(Stage):
     name: ClassVar[str] = STAGE
     inputs: ClassVar[tuple[str, ...]] = ("curated", "candidates")
     outputs: ClassVar[tuple[str, ...]] = ("m23k", "contamination/m23k", "rejects/m23k")
-    resources: ClassVar[Resources] = Resources(cpus=1.0)
 
     def enabled(self, cfg: CurationConfig) -> bool:
         return cfg.teacher.engine is not None  # as curate: there is a curated table to finish

@@ -16,7 +16,7 @@ import pyarrow as pa
 import schemas
 from curation.config import CurationConfig
 from curation.errors import UserError
-from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.sampler import m1_sample, quota_sample, reasoning_words, s1_sample
 
 STAGE = "sample"
@@ -120,7 +120,6 @@ class SampleStage(Stage):
     name: ClassVar[str] = STAGE
     inputs: ClassVar[tuple[str, ...]] = ("m23k", "labels")
     outputs: ClassVar[tuple[str, ...]] = ("samples", "m1k")
-    resources: ClassVar[Resources] = Resources(cpus=1.0)
 
     def enabled(self, cfg: CurationConfig) -> bool:
         return "sample" in cfg.model_fields_set

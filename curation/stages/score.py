@@ -21,7 +21,7 @@ import pyarrow as pa
 
 import schemas
 from curation.config import CurationConfig
-from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.difficulty import Tally, decide, judge_score, pass_rates_json
 from curation.stages.llm import (
     attach,
@@ -154,8 +154,6 @@ class ScoreStage(Stage):
     name: ClassVar[str] = STAGE
     inputs: ClassVar[tuple[str, ...]] = ("questions", "candidates")
     outputs: ClassVar[tuple[str, ...]] = ("scores", "difficulty", "rejects/score")
-    # Engines declare their own resources (GPUs per vLLM replica, actors per HTTP fan-out) in `engines`.
-    resources: ClassVar[Resources] = Resources(cpus=1.0)
     batch_rows: ClassVar[int] = 8192
 
     sends_requests: ClassVar[bool] = True

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 import schemas
 from curation.config import CurationConfig
-from curation.pipeline import Resources, Stage, StageContext, StageResult
+from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.traces import judge_attempt, split_reasoning
 from curation.stages.llm import (
     attach,
@@ -163,7 +163,6 @@ class TeacherStage(Stage):
     name: ClassVar[str] = STAGE
     inputs: ClassVar[tuple[str, ...]] = ("questions", "candidates", "difficulty")
     outputs: ClassVar[tuple[str, ...]] = ("traces", "rejects/teacher")
-    resources: ClassVar[Resources] = Resources(cpus=1.0)
     batch_rows: ClassVar[int] = 8192
 
     sends_requests: ClassVar[bool] = True
