@@ -8,10 +8,16 @@ small edits: adjacent words swapped, a word inserted, punctuation changed, plus 
 Which rows are duplicates of which is written to ``duplicates.json`` for the dedup tests.
 
 The text is generated for this project; medically it is plausible but not curated, so it is for load and
-pipeline tests, never for training. Generation is chunked and deterministic for a given seed: a chunk's
-rows depend only on (seed, chunk index), so chunks can be produced by several processes.
+pipeline tests, never for training. Every row depends only on (seed, format, row index, duplicate shares):
+a copy draws its original (any earlier row) from its own generator and renders it again, so the row range can
+be cut into shards built anywhere, in any order, and copies still reach across shards. ``--ray`` builds the
+50,000-row shards as Ray tasks that each write their own part file (10M rows in minutes on a few cores; the
+driver keeps 8 bytes per row to find template collisions); without it one file per format is written by the
+driver, from shards built in ``--workers`` processes. The rows are the same either way. (Before issue 16 a
+chunk's rows came from one generator per 50,000-row chunk and copies stayed inside their chunk: pools of the
+same seed differ from those written before.)
 
-    m1 synth OUT_DIR --rows 2000000 --seed 0 [--format medmcqa|mixed] [--parquet]
+    m1 synth OUT_DIR --rows 10000000 --seed 0 --format mixed --ray [--parquet]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -668,34 +675,38 @@ INSERT_WORDS = ("the", "most", "usually", "clinically", "very", "also")
 
 # The m1 pool's source mix (MedQA 10,178, MedMCQA 182,822, HeadQA 2,657, PubMedQA 500 rows of 196,157).
 MIXED_SHARES = {"medqa": 10_178, "medmcqa": 182_822, "headqa": 2_657, "pubmedqa": 500}
-CHUNK_ROWS = 50_000
+SHARD_ROWS = 50_000  # rows per shard (a Ray task, a process's unit of work)
 
 
 # ------------------------------------------------------------------------------------------ row builders
 
 
+def _option_value(f: Fact, kind: str) -> str | None:
+    if kind in ("diagnosis", "organism_of"):
+        return f.condition
+    if kind == "drug":
+        return f.drug
+    if kind == "organism":
+        return f.organism
+    if kind == "mechanism":
+        return f.mechanism
+    if kind == "lab":
+        return f.lab
+    raise ValueError(kind)
+
+
+# kind -> every distinct answer value over FACTS, sorted (computed once; the wrong options are drawn from it)
+_OPTION_VALUES = {
+    kind: sorted({v for f in FACTS if (v := _option_value(f, kind))})
+    for kind in ("diagnosis", "organism_of", "drug", "organism", "mechanism", "lab")
+}
+
+
 def _options(rng: random.Random, fact: Fact, kind: str, n: int) -> tuple[list[str], int]:
     """n option texts (the right one at a random position) and the answer position."""
-
-    def value(f: Fact) -> str | None:
-        if kind == "diagnosis":
-            return f.condition
-        if kind == "drug":
-            return f.drug
-        if kind == "organism":
-            return f.organism
-        if kind == "mechanism":
-            return f.mechanism
-        if kind == "lab":
-            return f.lab
-        if kind == "organism_of":
-            return f.condition
-        raise ValueError(kind)
-
-    right = value(fact)
+    right = _option_value(fact, kind)
     assert right is not None
-    pool = [v for f in FACTS if (v := value(f)) and v != right]
-    wrong = rng.sample(sorted(set(pool)), n - 1)
+    wrong = rng.sample([v for v in _OPTION_VALUES[kind] if v != right], n - 1)
     answer = rng.randrange(n)
     wrong.insert(answer, right)
     return wrong, answer
@@ -929,83 +940,184 @@ def content_key(fmt: str, row: dict[str, Any]) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
-Chunk = tuple[list[dict[str, Any]], list[list[Any]], list[list[Any]], list[int]]
+def _fresh_row(fmt: str, rng: random.Random, seed: int, index: int) -> dict[str, Any]:
+    if fmt == "medqa":
+        return medqa_row(rng, 5 if rng.random() < 0.2 else 4)
+    if fmt == "medmcqa":
+        return medmcqa_row(rng, f"syn-{seed:x}-{index:08d}")
+    if fmt == "headqa":
+        return headqa_row(rng, index + 1)
+    return pubmedqa_row(rng, 10_000_000 + index)
 
 
-def _build_chunk(args: tuple[str, int, int, int, float, float]) -> Chunk:
-    """Rows [start, start + count) of one format: the rows, their designed (dup, original) pairs, their keys."""
+def render_row(
+    fmt: str, seed: int, index: int, dup_exact_frac: float, dup_near_frac: float
+) -> tuple[dict[str, Any], list[Any] | None]:
+    """Row ``index`` of a ``fmt`` pool and, for a designed copy, its record ([row, original] or [row, original,
+    edit kinds]; else None). Depends only on (seed, fmt, index, the shares): a copy's original is an earlier
+    row drawn from this row's own generator and rendered again here, so any shard renders any row, and copies
+    reach across shards (a chain of copies is followed back; its expected length is about 1 + the shares)."""
+    rng = random.Random(f"{seed}:{fmt}:{index}")
+    r = rng.random()
+    if index and r < dup_exact_frac + dup_near_frac:
+        original = rng.randrange(index)
+        row, _ = render_row(fmt, seed, original, dup_exact_frac, dup_near_frac)
+        _new_id(fmt, row, index, seed)
+        if r < dup_exact_frac:
+            return row, [index, original]
+        field = _TEXT_FIELDS[fmt]
+        row[field], kind = near_edit(rng, row[field])
+        return row, [index, original, kind]
+    return _fresh_row(fmt, rng, seed, index), None
+
+
+Shard = tuple[list[dict[str, Any]], list[list[Any]], list[list[Any]], np.ndarray]
+
+
+def _build_shard(args: tuple[str, int, int, int, float, float]) -> Shard:
+    """Rows [start, start + count) of one format: the rows, their designed copies, their content keys."""
     fmt, seed, start, count, dup_exact_frac, dup_near_frac = args
-    rng = random.Random(f"{seed}:{fmt}:{start}")
     rows: list[dict[str, Any]] = []
     exact: list[list[Any]] = []
     near: list[list[Any]] = []
-    for offset in range(count):
-        index = start + offset
-        r = rng.random()
-        if rows and r < dup_exact_frac:
-            original = rng.randrange(len(rows))
-            row = json.loads(json.dumps(rows[original]))
-            _new_id(fmt, row, index, seed)
-            exact.append([index, start + original])
-        elif rows and r < dup_exact_frac + dup_near_frac:
-            original = rng.randrange(len(rows))
-            row = json.loads(json.dumps(rows[original]))
-            field = _TEXT_FIELDS[fmt]
-            row[field], kind = near_edit(rng, row[field])
-            _new_id(fmt, row, index, seed)
-            near.append([index, start + original, kind])
-        elif fmt == "medqa":
-            row = medqa_row(rng, 5 if rng.random() < 0.2 else 4)
-        elif fmt == "medmcqa":
-            row = medmcqa_row(rng, f"syn-{seed:x}-{index:08d}")
-        elif fmt == "headqa":
-            row = headqa_row(rng, index + 1)
-        else:
-            row = pubmedqa_row(rng, 10_000_000 + index)
+    for index in range(start, start + count):
+        row, copy = render_row(fmt, seed, index, dup_exact_frac, dup_near_frac)
         rows.append(row)
-    return rows, exact, near, [content_key(fmt, row) for row in rows]
+        if copy is not None:
+            (exact if len(copy) == 2 else near).append(copy)
+    keys = np.fromiter((content_key(fmt, row) for row in rows), dtype=np.uint64, count=len(rows))
+    return rows, exact, near, keys
 
 
 # ------------------------------------------------------------------------------------------ writing
 
+# Parquet layouts (MedQA, MedMCQA), fixed so that every shard file of a pool has the same schema.
+_PARQUET_SCHEMAS = {
+    "medqa": pa.schema(
+        [
+            ("question", pa.string()),
+            ("answer", pa.string()),
+            ("options", pa.struct([(label, pa.string()) for label in "ABCDE"])),
+            ("meta_info", pa.string()),
+            ("answer_idx", pa.string()),
+            ("metamap_phrases", pa.list_(pa.string())),
+        ]
+    ),
+    "medmcqa": pa.schema(
+        [
+            ("id", pa.string()),
+            ("question", pa.string()),
+            *((f"op{c}", pa.string()) for c in "abcd"),
+            ("cop", pa.int64()),
+            ("choice_type", pa.string()),
+            ("exp", pa.string()),
+            ("subject_name", pa.string()),
+            ("topic_name", pa.string()),
+        ]
+    ),
+}
 
-def _chunks(
+
+def _shards(
     fmt: str, n_rows: int, seed: int, dup_exact_frac: float, dup_near_frac: float
 ) -> list[tuple[str, int, int, int, float, float]]:
     return [
-        (fmt, seed, start, min(CHUNK_ROWS, n_rows - start), dup_exact_frac, dup_near_frac)
-        for start in range(0, n_rows, CHUNK_ROWS)
+        (fmt, seed, start, min(SHARD_ROWS, n_rows - start), dup_exact_frac, dup_near_frac)
+        for start in range(0, n_rows, SHARD_ROWS)
     ]
 
 
-def _write_rows(
-    path: Path, chunks: Iterator[Chunk], parquet: bool
-) -> tuple[int, list[list[Any]], list[list[Any]], list[list[Any]]]:
-    """Write the chunks in order; also find rows that repeat an earlier one by chance (templates collide)."""
-    rows_written, exact, near, accidental = 0, [], [], []
-    first_seen: dict[int, int] = {}
+def _jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
+    return ("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n").encode("utf-8")
+
+
+def _write_part(path: Path, fmt: str, rows: list[dict[str, Any]], parquet: bool) -> None:
+    """One shard's file, written under a hidden temporary name (readers skip dot files) and renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if parquet:
+        pq.write_table(
+            pa.Table.from_pylist(rows, schema=_PARQUET_SCHEMAS[fmt]),
+            tmp,
+            compression="zstd",
+            row_group_size=SHARD_ROWS,
+        )
+    else:
+        tmp.write_bytes(_jsonl_bytes(rows))
+    os.replace(tmp, path)
+
+
+def _shard_to_part(
+    folder: str, part: int, parquet: bool, spec: tuple[str, int, int, int, float, float]
+) -> tuple[int, list[list[Any]], list[list[Any]], np.ndarray]:
+    """Ray task: build one shard and write it as ``folder/part-NNNNN.<ext>``; returns all but the rows."""
+    rows, exact, near, keys = _build_shard(spec)
+    _write_part(Path(folder) / f"part-{part:05d}.{'parquet' if parquet else 'jsonl'}", spec[0], rows, parquet)
+    return len(rows), exact, near, keys
+
+
+def accidental_copies(keys: np.ndarray, designed_exact: list[list[Any]]) -> list[list[int]]:
+    """[row, first row with the same content key] for every repeat that is not a designed exact copy."""
+    if not len(keys):
+        return []
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    first_of = first[inverse.reshape(-1)]
+    index = np.arange(len(keys))
+    repeat = first_of != index
+    if designed_exact:
+        repeat[np.array([dup for dup, _ in designed_exact], dtype=np.int64)] = False
+    return np.stack([index[repeat], first_of[repeat]], axis=1).tolist()
+
+
+def _write_file(path: Path, fmt: str, shards: Iterator[Shard], parquet: bool) -> Shard:
+    """Write the shards in order into one file; returns (no rows), the copies and every row's key."""
+    exact: list[list[Any]] = []
+    near: list[list[Any]] = []
+    keys: list[np.ndarray] = []
     writer: pq.ParquetWriter | None = None
     with open(path, "wb") if not parquet else nullcontext() as out:
-        for rows, ex, ne, keys in chunks:
-            designed = {dup for dup, _ in ex}
-            for offset, key in enumerate(keys):
-                index = rows_written + offset
-                first = first_seen.setdefault(key, index)
-                if first != index and index not in designed:
-                    accidental.append([index, first])
+        for rows, ex, ne, k in shards:
             exact.extend(ex)
             near.extend(ne)
-            rows_written += len(rows)
+            keys.append(k)
             if parquet:
-                table = pa.Table.from_pylist(rows)
                 if writer is None:
-                    writer = pq.ParquetWriter(path, table.schema, compression="zstd")
-                writer.write_table(table.cast(writer.schema), row_group_size=CHUNK_ROWS)
+                    writer = pq.ParquetWriter(path, _PARQUET_SCHEMAS[fmt], compression="zstd")
+                writer.write_table(
+                    pa.Table.from_pylist(rows, schema=_PARQUET_SCHEMAS[fmt]), row_group_size=SHARD_ROWS
+                )
             else:
-                out.write(("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n").encode("utf-8"))
+                out.write(_jsonl_bytes(rows))
     if writer is not None:
         writer.close()
-    return rows_written, exact, near, accidental
+    return [], exact, near, np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+
+
+def _submit_parts(
+    folder: Path, specs: list[tuple[str, int, int, int, float, float]], parquet: bool
+) -> list[Any]:
+    """One Ray task per shard, each writing its own part file into ``folder``; returns the task refs."""
+    import ray
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("part-*"):  # a larger pool written here before must not leave parts behind
+        stale.unlink()
+    task = ray.remote(num_cpus=1, max_retries=2)(_shard_to_part)
+    return [task.remote(str(folder), part, parquet, spec) for part, spec in enumerate(specs)]
+
+
+def _collect_parts(refs: list[Any]) -> Shard:
+    """The parts' copies and keys, in shard order (each result is small: no rows)."""
+    import ray
+
+    exact: list[list[Any]] = []
+    near: list[list[Any]] = []
+    keys: list[np.ndarray] = []
+    for ref in refs:
+        _, ex, ne, k = ray.get(ref)
+        exact.extend(ex)
+        near.extend(ne)
+        keys.append(k)
+    return [], exact, near, np.concatenate(keys)
 
 
 def generate_pool(
@@ -1018,6 +1130,7 @@ def generate_pool(
     dup_near_frac: float = 0.03,
     parquet: bool = False,
     workers: int = 1,
+    ray: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic pool of ``n_rows`` rows to ``out_dir``; returns counts and file names.
 
@@ -1026,7 +1139,12 @@ def generate_pool(
     as their nested fields read most naturally there) plus ``duplicates.json``: for each file, the designed
     ``exact`` pairs [row, original row] and ``near`` triples [row, original row, edit kinds], and the
     ``accidental_exact`` pairs [row, first row with the same content] where templates collided by chance;
-    rows are 0-based.
+    rows are 0-based, counted over the whole format.
+
+    ``ray=True``: one Ray task per 50,000-row shard (on the running Ray, or a local one), each writing its own
+    ``<format>/part-NNNNN.<ext>`` (the folder is the source path to ingest; its files sorted by name are the
+    rows in order); the driver keeps only each row's 8-byte content key. The rows are the same as without
+    Ray (``workers`` > 1: processes build the shards, the driver writes one file).
     """
     check_dup_fracs(dup_exact_frac, dup_near_frac)
     out = Path(out_dir)
@@ -1049,32 +1167,46 @@ def generate_pool(
         "accidental_exact_duplicates": 0,
     }
     duplicates: dict[str, Any] = {}
-    for fmt, count in plan.items():
-        if count <= 0:
-            continue
-        use_parquet = parquet and fmt in ("medqa", "medmcqa")
-        name = f"{fmt}.{'parquet' if use_parquet else 'jsonl'}"
-        specs = _chunks(fmt, count, seed, dup_exact_frac, dup_near_frac)
-        if workers > 1 and len(specs) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                written, exact, near, accidental = _write_rows(
-                    out / name, pool.map(_build_chunk, specs), use_parquet
-                )
+    plan = {fmt: count for fmt, count in plan.items() if count > 0}
+    specs_of = {fmt: _shards(fmt, count, seed, dup_exact_frac, dup_near_frac) for fmt, count in plan.items()}
+    use_parquet_of = {fmt: parquet and fmt in ("medqa", "medmcqa") for fmt in plan}
+    # Every format's shards are submitted before any is collected, so small formats do not idle the cores.
+    refs_of = (
+        {fmt: _submit_parts(out / fmt, specs_of[fmt], use_parquet_of[fmt]) for fmt in plan} if ray else {}
+    )
+    for fmt in plan:
+        use_parquet = use_parquet_of[fmt]
+        specs = specs_of[fmt]
+        if ray:
+            name = fmt
+            _, exact, near, keys = _collect_parts(refs_of[fmt])
         else:
-            written, exact, near, accidental = _write_rows(out / name, map(_build_chunk, specs), use_parquet)
+            name = f"{fmt}.{'parquet' if use_parquet else 'jsonl'}"
+            if workers > 1 and len(specs) > 1:
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    _, exact, near, keys = _write_file(
+                        out / name, fmt, pool.map(_build_shard, specs), use_parquet
+                    )
+            else:
+                _, exact, near, keys = _write_file(out / name, fmt, map(_build_shard, specs), use_parquet)
+        accidental = accidental_copies(keys, exact)
         summary["files"][name] = {
             "format": fmt,
-            "rows": written,
+            "rows": len(keys),
             "exact_duplicates": len(exact),
             "near_duplicates": len(near),
             "accidental_exact_duplicates": len(accidental),
         }
-        summary["rows"] += written
+        if ray:
+            summary["files"][name]["parts"] = len(specs)
+        summary["rows"] += len(keys)
         summary["exact_duplicates"] += len(exact)
         summary["near_duplicates"] += len(near)
         summary["accidental_exact_duplicates"] += len(accidental)
         duplicates[name] = {"exact": exact, "near": near, "accidental_exact": accidental}
-    (out / "duplicates.json").write_text(json.dumps(duplicates))
+    tmp = out / ".duplicates.json.tmp"
+    tmp.write_text(json.dumps(duplicates))
+    os.replace(tmp, out / "duplicates.json")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 
@@ -1120,7 +1252,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--parquet", action="store_true", help="write MedQA/MedMCQA rows as Parquet instead of JSONL"
     )
-    p.add_argument("--workers", type=positive_int, default=1, help="processes generating chunks")
+    p.add_argument(
+        "--workers", type=positive_int, default=1, help="processes building shards (without --ray)"
+    )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="build the 50,000-row shards as Ray tasks (RAY_ADDRESS, else a local Ray), each writing "
+        "OUT_DIR/<format>/part-NNNNN.<ext>; the same rows as without it",
+    )
     p.set_defaults(func=_cmd_synth)
 
 
@@ -1131,6 +1271,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         check_dup_fracs(args.dup_exact_frac, args.dup_near_frac)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.ray:
+        import ray
+
+        if not ray.is_initialized():
+            os.environ.setdefault(
+                "RAY_worker_niceness", "0"
+            )  # as the pipeline's local Ray (curation.pipeline)
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     summary = generate_pool(
         args.out_dir,
         args.rows,
@@ -1140,6 +1288,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         dup_near_frac=args.dup_near_frac,
         parquet=args.parquet,
         workers=args.workers,
+        ray=args.ray,
     )
     print(json.dumps(summary, indent=2))
     return 0
