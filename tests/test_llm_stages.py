@@ -259,6 +259,28 @@ def test_score_teacher_curate_end_to_end_with_faults(ingested: tuple[Path, Curat
     assert rerun["curate"]["rows_out"] == curated.num_rows
 
 
+def test_rehearsal_engines_are_started_by_the_engine_layer_and_answer_from_the_stages_questions(
+    ingested: tuple[Path, CurationConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kind: rehearsal` scorers and teacher: no server started here, none configured with a pool; the engine
+    layer starts one per engine around each stage, fed the questions the stage asks about (so the scorers'
+    correct_rate 0 makes every question hard and the teacher's 1 makes every trace right)."""
+    run_dir, _ = ingested
+    raw = llm_config("http://127.0.0.1:9/v1", max_attempts=1)
+    server = {"latency_ms": 0, "latency_jitter_ms": 0, "reasoning_tokens_mean": 20}
+    for name, rate in (("qwen7b", 0.0), ("qwen32b", 0.0), ("teacher", 1.0)):
+        engine = raw["engines"][name]
+        del engine["base_url"]
+        engine.update(kind="rehearsal", server={**server, "correct_rate": rate})
+    records = run_pipeline(CurationConfig.model_validate(raw), run_dir)
+    assert capsys.readouterr().out.count("REHEARSAL") == 3  # two scorer engines, one teacher
+    n = table(run_dir, "questions").num_rows
+    assert Counter(table(run_dir, "difficulty").column("decision").to_pylist()) == {"hard": n}
+    assert records["teacher"]["rows_in"] == n
+    traces = table(run_dir, "traces")
+    assert traces.num_rows == n and all(traces.column("accepted").to_pylist())
+
+
 def _served(server: Any) -> int:
     return int(server.stats(per_request=False)["requests_total"])
 

@@ -17,7 +17,8 @@ What both guarantee:
    and fanned back (run_requests: over the whole input; map_requests: within a batch and, on the OpenAI
    engine, while one is on the wire).
 3. The rest goes to the engine named by ``engine.kind`` (``openai``: any OpenAI-compatible API;
-   ``vllm``: local replicas), which appends successes to the ledger as they arrive.
+   ``vllm``: local replicas; ``rehearsal``: the rehearsal server, see `running`), which appends successes to
+   the ledger as they arrive.
 
 ``run_requests(..., dry_run=True)`` prints and returns a `CostEstimate` and sends nothing. Ctrl-C stops issuing, lets what is
 on the wire finish for a few seconds, flushes, says how many responses were kept, and re-raises: a rerun
@@ -29,7 +30,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pyarrow as pa
@@ -37,10 +37,18 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 import schemas
-from curation.engines.config import EngineConfig, OpenAIEngineConfig, Price, VLLMEngineConfig
+from curation.engines.config import (
+    EngineConfig,
+    OpenAIEngineConfig,
+    Price,
+    RehearsalEngineConfig,
+    VLLMEngineConfig,
+)
 from curation.engines.cost import CostEstimate, LiveProgress, estimate
 from curation.engines.ledger import Ledger
+from curation.engines.lifecycle import require_started, running
 from curation.engines.request import make_request, requests_table, response_row, responses_table
+from curation.engines.request_plan import RequestPlan, plan_requests, rekey
 
 if TYPE_CHECKING:
     import ray.data
@@ -51,46 +59,9 @@ STOP_WAIT_S = 20.0
 _last_run_totals: dict[str, Any] = {}
 
 
-@dataclass(frozen=True)
-class RequestPlan:
-    """How the rows of one input split: served from the ledger, sent, or fanned back from a sent twin."""
-
-    cached_pairs: pa.Table  # (request_id, key) of rows the ledger answers
-    send: pa.Table  # one requests row per distinct new id
-    extra_pairs: pa.Table  # (request_id, key) of new rows whose id is already in `send` under another row
-
-
-def plan_requests(requests: pa.Table, answered_ids: pa.Array) -> RequestPlan:
-    """Split ``requests`` against the ledger's answered ids and collapse identical ids."""
-    ids = requests.column("request_id")
-    answered_mask = (
-        pc.is_in(ids, value_set=answered_ids) if len(answered_ids) else pa.repeat(False, requests.num_rows)
-    )
-    pairs = requests.select(["request_id", "key"])
-    cached_pairs = pairs.filter(answered_mask)
-    new = requests.filter(pc.invert(answered_mask))
-    if new.num_rows == 0:
-        return RequestPlan(cached_pairs, new, pairs.schema.empty_table())
-    new_ids = new.column("request_id")
-    first = pc.index_in(pc.unique(new_ids), new_ids)
-    if len(first) == new.num_rows:
-        return RequestPlan(cached_pairs, new, pairs.schema.empty_table())
-    is_first = pc.is_in(pa.array(range(new.num_rows), pa.int64()), value_set=first.cast(pa.int64()))
-    extra = new.select(["request_id", "key"]).filter(pc.invert(is_first))
-    return RequestPlan(cached_pairs, new.take(first), extra)
-
-
-def _rekey(pairs: pa.Table, responses: pa.Table) -> pa.Table:
-    """One response per (request_id, key) pair, taken from ``responses`` (unique per request_id)."""
-    if pairs.num_rows == 0 or responses.num_rows == 0:
-        return schemas.get("responses").schema.empty_table()
-    joined = pairs.join(responses.drop_columns(["key"]), "request_id", join_type="inner")
-    return schemas.conform(joined, "responses")
-
-
 def _fan_out(batch: pa.Table, extra_pairs: pa.Table) -> pa.Table:
     """Ray Data batch fn: the batch plus a copy of each response for its duplicate rows' keys."""
-    extra = _rekey(extra_pairs, batch)
+    extra = rekey(extra_pairs, batch)
     return pa.concat_tables([schemas.conform(batch, "responses"), extra]) if extra.num_rows else batch
 
 
@@ -107,7 +78,7 @@ def _as_requests_table(requests: Any) -> pa.Table:
 
 def block_rows(engine: Any, n_rows: int) -> int:
     """Rows per block: big enough for several async batches per task, small enough to feed every actor."""
-    if engine.kind == "openai":
+    if engine.kind in ("openai", "rehearsal"):
         from curation.engines.openai_engine import batch_size_for
 
         batch, workers = batch_size_for(engine), engine.actors
@@ -123,7 +94,7 @@ def _split_blocks(table: pa.Table, engine: Any) -> list[pa.Table]:
 
 def map_requests(
     ds: ray.data.Dataset,
-    engine: OpenAIEngineConfig | VLLMEngineConfig,
+    engine: OpenAIEngineConfig | RehearsalEngineConfig | VLLMEngineConfig,
     *,
     ledger_uri: str,
     progress: bool = True,
@@ -144,6 +115,7 @@ def map_requests(
     answered (done, from the ledger, failed, cost); vLLM runs show Ray Data's own progress.
     The ledger is compacted first when it has many shards (streaming, bounded memory).
     """
+    require_started(engine, "map_requests")
     return _streamed_responses(ds, engine, ledger_uri, progress=progress)[0]
 
 
@@ -171,7 +143,7 @@ def _streamed_responses(
 
 def stream_requests(
     ds: ray.data.Dataset,
-    engine: OpenAIEngineConfig | VLLMEngineConfig,
+    engine: OpenAIEngineConfig | RehearsalEngineConfig | VLLMEngineConfig,
     *,
     ledger_uri: str,
     out_uri: str,
@@ -188,6 +160,11 @@ def stream_requests(
     """
     import pyarrow.dataset as pads
 
+    if isinstance(engine, RehearsalEngineConfig):  # not started by the caller: for this call only
+        with running(engine) as live:
+            return stream_requests(
+                ds, live, ledger_uri=ledger_uri, out_uri=out_uri, filesystem=filesystem, progress=progress
+            )
     started = time.perf_counter()
     responses, run = _streamed_responses(ds, engine, ledger_uri, progress=progress)
     try:
@@ -299,7 +276,7 @@ def _engine_dataset(send: pa.Table, engine: Any, ledger_uri: str, run: Any) -> r
 @overload
 def run_requests(
     requests: ray.data.Dataset | pa.Table,
-    engine: OpenAIEngineConfig | VLLMEngineConfig,
+    engine: OpenAIEngineConfig | RehearsalEngineConfig | VLLMEngineConfig,
     *,
     ledger_uri: str,
     progress: bool = ...,
@@ -308,7 +285,7 @@ def run_requests(
 @overload
 def run_requests(
     requests: ray.data.Dataset | pa.Table,
-    engine: OpenAIEngineConfig | VLLMEngineConfig,
+    engine: OpenAIEngineConfig | RehearsalEngineConfig | VLLMEngineConfig,
     *,
     ledger_uri: str,
     progress: bool = ...,
@@ -316,7 +293,7 @@ def run_requests(
 ) -> CostEstimate: ...
 def run_requests(
     requests: ray.data.Dataset | pa.Table,
-    engine: OpenAIEngineConfig | VLLMEngineConfig,
+    engine: OpenAIEngineConfig | RehearsalEngineConfig | VLLMEngineConfig,
     *,
     ledger_uri: str,
     progress: bool = True,
@@ -325,7 +302,8 @@ def run_requests(
     """Responses for ``requests`` (one row per request row, any order), paying only for unanswered ids.
 
     Executes eagerly: when it returns, every new success is in the ledger and the returned dataset is
-    materialized. ``engine`` is an `EngineConfig` (OpenAIEngineConfig or VLLMEngineConfig).
+    materialized. ``engine`` is an `EngineConfig`; a rehearsal engine not started by the caller (`running`) is
+    started for this call only.
     """
     table = _as_requests_table(requests)
     ledger = Ledger(ledger_uri)
@@ -334,11 +312,14 @@ def run_requests(
         est = estimate(table, engine, answered)
         print(f"dry run ({_engine_label(engine)}), nothing sent:\n{est.format()}")
         return est
+    if isinstance(engine, RehearsalEngineConfig):  # not started by the caller: for this call only
+        with running(engine) as live:
+            return run_requests(table, live, ledger_uri=ledger_uri, progress=progress)
 
     import ray.data
 
     plan = plan_requests(table, answered)
-    cached = _rekey(plan.cached_pairs, ledger.lookup(pc.unique(plan.cached_pairs.column("request_id"))))
+    cached = rekey(plan.cached_pairs, ledger.lookup(pc.unique(plan.cached_pairs.column("request_id"))))
     if plan.send.num_rows == 0:
         _last_run_totals.clear()
         _last_run_totals.update({"done": 0, "cached": cached.num_rows, "sent": 0})
@@ -473,6 +454,7 @@ __all__ = [
     "Ledger",
     "OpenAIEngineConfig",
     "Price",
+    "RehearsalEngineConfig",
     "VLLMEngineConfig",
     "estimate",
     "last_run_totals",
@@ -483,5 +465,6 @@ __all__ = [
     "response_row",
     "responses_table",
     "run_requests",
+    "running",
     "stream_requests",
 ]

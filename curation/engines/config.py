@@ -1,7 +1,7 @@
 """Engine configurations: which engine answers a stage's requests, and how hard it may push.
 
-`EngineConfig` is a tagged union on ``kind``: ``openai`` (any OpenAI-compatible HTTP API) or ``vllm``
-(local vLLM on Ray). Unknown keys are errors that name the key, so a typo never silently drops a limit.
+`EngineConfig` is a tagged union on ``kind``: ``openai`` (any OpenAI-compatible HTTP API), ``vllm``
+(local vLLM on Ray) or ``rehearsal`` (the rehearsal server, started and stopped with the engine). Unknown keys are errors that name the key, so a typo never silently drops a limit.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curation.engines.rehearsal import RehearsalConfig
 from curation.engines.vllm_engine import VLLMEngineConfig
 from curation.errors import looks_secret, redact_secrets
 
@@ -39,21 +40,15 @@ class Price(BaseModel):
         ) / 1e6
 
 
-class OpenAIEngineConfig(BaseModel):
-    """An OpenAI-compatible HTTP endpoint (OpenAI, DeepSeek, vLLM serve, SGLang, a rehearsal server, ...)."""
+class HTTPClientSettings(BaseModel):
+    """How an OpenAI-compatible client pushes an endpoint: the fields `openai` and `rehearsal` engines share."""
 
     # hide_input_in_errors: a key pasted into any field (api_key_env above all) must never be echoed back
     # by pydantic's error text (`input_value='sk-...'`), whatever code prints the error.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    kind: Literal["openai"] = "openai"
-    base_url: str = Field(description="API root ending in /v1, e.g. https://api.deepseek.com/v1")
     model: str | None = Field(
         default=None, description="model name sent to the API; default: the request's own model"
-    )
-    api_key_env: str | None = Field(
-        default=None,
-        description="NAME of the environment variable holding the API key (never the key itself)",
     )
     transport: Literal["openai-sdk", "aiohttp"] = Field(
         default="openai-sdk",
@@ -97,6 +92,32 @@ class OpenAIEngineConfig(BaseModel):
     extra_headers: dict[str, str] = Field(default_factory=dict)
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("extra_headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        banned = [k for k, v in value.items() if _CREDENTIAL_HEADER.search(k) or looks_secret(str(v))]
+        if banned:
+            raise ValueError(
+                f"extra_headers must not carry credentials ({[redact_secrets(k) for k in banned]}); "
+                "use api_key_env (the values are not shown)"
+            )
+        return value
+
+    @property
+    def per_actor_concurrency(self) -> int:
+        return max(1, -(-self.max_concurrency // self.actors))
+
+
+class OpenAIEngineConfig(HTTPClientSettings):
+    """An OpenAI-compatible HTTP endpoint (OpenAI, DeepSeek, vLLM serve, SGLang, a running `m1 rehearse`, ...)."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str = Field(description="API root ending in /v1, e.g. https://api.deepseek.com/v1")
+    api_key_env: str | None = Field(
+        default=None,
+        description="NAME of the environment variable holding the API key (never the key itself)",
+    )
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
@@ -124,17 +145,6 @@ class OpenAIEngineConfig(BaseModel):
             )
         return value
 
-    @field_validator("extra_headers")
-    @classmethod
-    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        banned = [k for k, v in value.items() if _CREDENTIAL_HEADER.search(k) or looks_secret(str(v))]
-        if banned:
-            raise ValueError(
-                f"extra_headers must not carry credentials ({[redact_secrets(k) for k in banned]}); "
-                "use api_key_env (the values are not shown)"
-            )
-        return value
-
     @property
     def host(self) -> str:
         return urlsplit(self.base_url).netloc
@@ -143,10 +153,6 @@ class OpenAIEngineConfig(BaseModel):
     def engine_name(self) -> str:
         """The `engine` column of this engine's responses."""
         return f"openai:{self.host}"
-
-    @property
-    def per_actor_concurrency(self) -> int:
-        return max(1, -(-self.max_concurrency // self.actors))
 
     def api_key(self) -> str:
         """The key from the environment. Errors name the variable, never a value."""
@@ -162,6 +168,39 @@ class OpenAIEngineConfig(BaseModel):
         return value
 
 
-EngineConfig = Annotated[OpenAIEngineConfig | VLLMEngineConfig, Field(discriminator="kind")]
+class RehearsalEngineConfig(HTTPClientSettings):
+    """The rehearsal server playing a model (no model, canned answers, injected faults): demos and rehearsals.
 
-__all__ = ["EngineConfig", "OpenAIEngineConfig", "Price", "VLLMEngineConfig"]
+    The engine layer starts the server when the engine starts (`curation.engines.running`) and stops it after;
+    in between the engine is an `openai` engine pointed at it, with these client settings. Never for a real
+    dataset: every answer is made up.
+    """
+
+    kind: Literal["rehearsal"] = "rehearsal"
+    server: RehearsalConfig = Field(
+        default_factory=RehearsalConfig,
+        description="the rehearsal server's settings (see `m1 rehearse`); without `pool`, the questions of "
+        "the stage that starts the engine, when it has any",
+    )
+
+    @property
+    def engine_name(self) -> str:
+        return "rehearsal"
+
+    def at(self, base_url: str) -> OpenAIEngineConfig:
+        """The `openai` engine that talks to this rehearsal's server once it listens at ``base_url``."""
+        return OpenAIEngineConfig(**self.model_dump(exclude={"kind", "server"}), base_url=base_url)
+
+
+EngineConfig = Annotated[
+    OpenAIEngineConfig | RehearsalEngineConfig | VLLMEngineConfig, Field(discriminator="kind")
+]
+
+__all__ = [
+    "EngineConfig",
+    "HTTPClientSettings",
+    "OpenAIEngineConfig",
+    "Price",
+    "RehearsalEngineConfig",
+    "VLLMEngineConfig",
+]

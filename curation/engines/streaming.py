@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 import schemas
 from curation.engines.ledger import Ledger, LedgerIndex
+from curation.engines.request_plan import plan_requests, rekey
 
 
 class LedgerFront:
@@ -25,21 +26,17 @@ class LedgerFront:
     def split(self, batch: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
         """(cached responses, one requests row per distinct unanswered id, (request_id, key) of the other
         rows sharing those ids)."""
-        from curation.engines import _rekey, plan_requests
-
         requests = schemas.conform(batch, "requests")
         ids = pc.unique(requests.column("request_id"))
         answered = self.index.lookup(ids)
         plan = plan_requests(requests, answered.column("request_id"))
-        return _rekey(plan.cached_pairs, answered), plan.send, plan.extra_pairs
+        return rekey(plan.cached_pairs, answered), plan.send, plan.extra_pairs
 
     @staticmethod
     def join(cached: pa.Table, fresh: pa.Table, extra_pairs: pa.Table) -> pa.Table:
         """The batch's responses: cached rows, fresh rows, and a copy of a fresh row for each duplicate."""
-        from curation.engines import _rekey
-
         fresh = schemas.conform(fresh, "responses")
         parts = [cached, fresh]
         if extra_pairs.num_rows:
-            parts.append(_rekey(extra_pairs, fresh))
+            parts.append(rekey(extra_pairs, fresh))
         return pa.concat_tables([p for p in parts if p.num_rows] or [fresh])

@@ -24,7 +24,6 @@ Outputs: ``labels`` (one row per (source, qid) of ``m23k``), ``rejects/classify`
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import pyarrow.compute as pc
 
 import schemas
 from curation.config import CurationConfig
+from curation.engines import running
 from curation.errors import UserError
 from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.mesh_cues import REASK_PROMPT, classification_prompt, parse_code
@@ -146,22 +146,6 @@ def absorb_responses(responses: list[dict[str, Any]], states: dict[str, LLMState
             state.error = f"unparseable: {how}"
         else:
             state.code, state.error = code, None
-
-
-@contextlib.contextmanager
-def rehearsed(engine: Any, settings: dict[str, Any] | None) -> Iterator[Any]:
-    """The engine, or pointed at a rehearsal server started for this stage (it answers with a code line)."""
-    if engine is None or settings is None:
-        yield engine
-        return
-    from curation.devtools.rehearse import RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
-
-    proc, base_url = spawn_rehearsal_server(RehearsalConfig(**settings))
-    print(f"[{STAGE}] REHEARSAL: the classifier is the rehearsal server at {base_url} (no model)")
-    try:
-        yield engine.model_copy(update={"base_url": base_url, "api_key_env": None})
-    finally:
-        stop_rehearsal_server(proc)
 
 
 def _responses_of(ds: Any) -> list[dict[str, Any]]:
@@ -374,7 +358,7 @@ class ClassifyStage(Stage):
             engine, job.model = engine_for(cfg, opts.engine, opts.model, where="classify")
 
         def labels() -> Iterator[pa.Table]:
-            with rehearsed(engine, opts.rehearse) as job.engine:
+            with running(engine) as job.engine:
                 columns = ["source", "qid", "prompt", "metadata"]
                 for batch in store.dataset(INPUT).to_batches(columns=columns, batch_size=self.batch_rows):
                     if batch.num_rows:

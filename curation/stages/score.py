@@ -21,6 +21,7 @@ import pyarrow as pa
 
 import schemas
 from curation.config import CurationConfig
+from curation.engines import running
 from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.difficulty import Tally, decide, judge_score, pass_rates_json
 from curation.stages.llm import (
@@ -218,13 +219,14 @@ class ScoreStage(Stage):
                 batch_format="pyarrow",
                 batch_size=None,
             )
-            stream_requests(
-                requests,
-                engine,
-                ledger_uri=store.ledger_uri,
-                out_uri=store.path(f"{scratch}/engine-{i}"),
-                filesystem=store.fs,
-            )
+            with running(engine, questions=store.table_location(question_source_table(store))) as live:
+                stream_requests(
+                    requests,
+                    live,
+                    ledger_uri=store.ledger_uri,
+                    out_uri=store.path(f"{scratch}/engine-{i}"),
+                    filesystem=store.fs,
+                )
 
         con = bounded_duckdb(store, "score")
         attach(con, "q", store.dataset(question_source_table(store)))

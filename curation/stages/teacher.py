@@ -15,7 +15,6 @@ with no accepted trace, by the last attempt's outcome). Validated questions go o
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -23,6 +22,7 @@ import pyarrow as pa
 
 import schemas
 from curation.config import CurationConfig
+from curation.engines import running
 from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.traces import judge_attempt, split_reasoning
 from curation.stages.llm import (
@@ -139,24 +139,6 @@ FROM traces WHERE attempt = $last AND NOT accepted
 """
 
 
-@contextlib.contextmanager
-def rehearsed_engine(engine: Any, settings: dict[str, Any] | None, pool: str) -> Iterator[Any]:
-    """The engine as configured, or pointed at a rehearsal server this stage starts and stops."""
-    if settings is None:
-        yield engine
-        return
-    from curation.devtools.rehearse import RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
-
-    proc, base_url = spawn_rehearsal_server(RehearsalConfig(**{"pool": pool, **settings}))
-    print(
-        f"[{STAGE}] REHEARSAL: the teacher is the rehearsal server at {base_url} (no model, canned answers)"
-    )
-    try:
-        yield engine.model_copy(update={"base_url": base_url, "api_key_env": None})
-    finally:
-        stop_rehearsal_server(proc)
-
-
 class TeacherStage(Stage):
     """hard questions -> traces (every attempt) and rejects/teacher (no accepted trace after max_attempts)."""
 
@@ -228,7 +210,7 @@ class TeacherStage(Stage):
         accepted: set[tuple[str, str]] = set()
         scratch = store.scratch_dir("teacher-responses")
 
-        with rehearsed_engine(engine, options.rehearse, store.table_location(source_table)) as live_engine:
+        with running(engine, questions=store.table_location(source_table)) as live_engine:
 
             def attempts() -> Iterator[pa.Table]:
                 for attempt in range(1, options.max_attempts + 1):
