@@ -215,7 +215,18 @@ class DedupOptions(Strict):
     # catches only 40% of pairs at 0.8).
     minhash: MinHashOptions = Field(default_factory=lambda: MinHashOptions(bands=21, rows=6))
     threads: int | None = Field(None, ge=1, description="threads for the MinHash kernels (None: all cores)")
-    batch_rows: int = Field(65_536, ge=1, description="rows per streamed batch")
+    batch_rows: int = Field(65_536, ge=1, description="rows per streamed batch (the Ray path: per block)")
+    executor: Literal["auto", "driver", "ray"] = Field(
+        "auto",
+        description="ray: Ray tasks across the cluster, nothing per row on the driver; driver: one process; "
+        "auto: ray from ray_min_rows rows on (both give the same tables)",
+    )
+    ray_min_rows: int = Field(
+        200_000, ge=0, description="auto: pools with at least this many rows dedup as Ray work"
+    )
+    partition_records: int = Field(
+        4_000_000, ge=1, description="the Ray path's shuffle: records (row x band) per partition"
+    )
 
     @model_validator(mode="after")
     def _threshold_scale(self) -> DedupOptions:

@@ -703,6 +703,90 @@ def cross_pairs(
     return np.stack([merged // max(nr, 1), merged % max(nr, 1)], axis=1)
 
 
+@numba.njit(nogil=True, cache=True)
+def _run_pairs(hashes, keys, rows, lengths, max_bucket, slack, use_ratio, out, fill):  # noqa: ANN001, ANN202
+    """Pairs inside runs of equal (hash, key >> 40) of records sorted by (hash, key): each member with the
+    members before it, or with the run's first ``max_bucket`` members when the run is longer (as
+    :func:`_band_pairs`); with ``use_ratio``, pairs whose lengths rule the cutoff out are left out. Counts
+    only when ``fill`` is False; returns (pairs, runs longer than ``max_bucket``)."""
+    n = len(hashes)
+    total = 0
+    capped = 0
+    s = 0
+    while s < n:
+        e = s + 1
+        while e < n and hashes[e] == hashes[s] and (keys[e] >> 40) == (keys[s] >> 40):
+            e += 1
+        size = e - s
+        if size > max_bucket:
+            capped += 1
+        for x in range(1, size):
+            lim = x if x < max_bucket else max_bucket
+            for y in range(lim):
+                if use_ratio:
+                    la = lengths[s + y]
+                    lb = lengths[s + x]
+                    if abs(la - lb) > slack * (la + lb):
+                        continue
+                if fill:
+                    out[total, 0] = rows[s + y]
+                    out[total, 1] = rows[s + x]
+                total += 1
+        s = e
+    return total, capped
+
+
+BAND_SHIFT = 40  # a bucket record's key: band << 40 | row (rows below 2**40, bands below 2**23)
+
+
+def bucket_pairs(
+    hashes: np.ndarray,
+    keys: np.ndarray,
+    *,
+    lengths: np.ndarray | None = None,
+    max_bucket: int = 1000,
+    ratio_cutoff: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Candidate pairs (int64 [m, 2], left < right, possibly repeated across bands) of bucket records: a record
+    is a row in one band, ``hashes`` its band hash and ``keys`` ``band << BAND_SHIFT | row``; records must hold
+    every record of each (band, hash) they contain, only rows that may pair (:func:`candidate_pairs`'
+    ``valid``). Within a bucket each row pairs with the rows before it, or the bucket's first ``max_bucket``:
+    the union over bands is exactly :func:`candidate_pairs`' set before its histogram bound (``lengths``:
+    code-point lengths, for the length bound of ``ratio_cutoff``). Returns the pairs and how many buckets were
+    larger than ``max_bucket``."""
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    order = np.lexsort((keys, hashes))
+    hashes, keys = hashes[order], keys[order]
+    rows = (keys & np.uint64((1 << BAND_SHIFT) - 1)).astype(np.int64)
+    use_ratio = ratio_cutoff is not None
+    if use_ratio and lengths is None:
+        raise ValueError("ratio_cutoff needs the texts' lengths")
+    lens = np.ascontiguousarray(lengths[order], dtype=np.int64) if use_ratio else np.zeros(1, np.int64)
+    slack = (1.0 - ratio_cutoff / 100.0) + 1e-9 if use_ratio else 0.0
+    none = np.empty((0, 2), np.int64)
+    total, capped = _run_pairs(hashes, keys, rows, lens, max_bucket, slack, use_ratio, none, False)
+    out = np.empty((total, 2), np.int64)
+    _run_pairs(hashes, keys, rows, lens, max_bucket, slack, use_ratio, out, True)
+    return out, int(capped)
+
+
+def histogram_bound(
+    profiles: CharProfiles, left: np.ndarray, right: np.ndarray, ratio_cutoff: float
+) -> np.ndarray:
+    """bool [m]: whether pair ``(left[t], right[t])`` of texts with ``profiles`` may reach ``fuzz.ratio`` >=
+    ``ratio_cutoff`` by the length and character-histogram bounds of :func:`candidate_pairs` (exact)."""
+    slack = (1.0 - ratio_cutoff / 100.0) + 1e-9
+    keep = np.empty(len(left), dtype=bool)
+    for lo in range(0, len(left), 32_768):
+        a, b = left[lo : lo + 32_768], right[lo : lo + 32_768]
+        la, lb = profiles.lengths[a], profiles.lengths[b]
+        budget = slack * (la + lb)
+        l1 = np.abs(profiles.hist[a].astype(np.int32) - profiles.hist[b].astype(np.int32)).sum(axis=1)
+        keep[lo : lo + 32_768] = (np.abs(la - lb) <= budget) & (l1 <= budget)
+    return keep
+
+
 def set_threads(n: int | None) -> None:
     """Threads for the kernels (None: all cores numba sees)."""
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS) if n else numba.config.NUMBA_NUM_THREADS)

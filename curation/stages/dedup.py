@@ -32,6 +32,8 @@ from curation.rules.dedup import EXACT, NEAR, decide, exact_representatives
 from curation.rules.similarity import comparison_texts, verify_pairs
 
 STAGE = "dedup"
+# How the work is spread, never what it decides: left out of the stage's input hash.
+EXECUTION_ONLY = {"threads", "batch_rows", "executor", "ray_min_rows", "partition_records"}
 RULE_NAMES = {EXACT: "exact"}
 
 
@@ -51,18 +53,33 @@ class DedupStage(Stage):
     name: ClassVar[str] = STAGE
     inputs: ClassVar[tuple[str, ...]] = ("questions",)
     outputs: ClassVar[tuple[str, ...]] = ("dedup", "rejects/dedup")
-    # Runs in the driver: numba threads over the batch; memory grows with 16 + 8 x bands bytes per row.
-    resources: ClassVar[Resources] = Resources(cpus=2.0, memory_gib=2.0)
+    # Per Ray task of the Ray path (curation/distributed/dedup.py): one block's signatures (~1 KB a row), or
+    # one shuffle partition (partition_records x ~24 bytes, sorted). The driver path runs in the driver.
+    resources: ClassVar[Resources] = Resources(cpus=1.0, memory_gib=1.0)
 
     def enabled(self, cfg: CurationConfig) -> bool:
         return "dedup" in cfg.model_fields_set
 
     def hash_inputs(self, cfg: CurationConfig) -> dict[str, Any]:
-        return {"dedup": cfg.dedup.model_dump(mode="json", exclude={"threads", "batch_rows"})}
+        return {"dedup": cfg.dedup.model_dump(mode="json", exclude=EXECUTION_ONLY)}
 
     def run(self, ctx: StageContext) -> StageResult:
         cfg, store = ctx.config, ctx.store
         opts = cfg.dedup
+        if use_ray(opts, store.tables()["questions"]["rows"]):
+            from curation.distributed.dedup import run_dedup
+
+            version, rej, details, n, kept_n, by_reason = run_dedup(
+                store, opts, ctx.resources or self.resources, log=print
+            )
+            return StageResult(
+                outputs=[version, rej],
+                rows_in=n,
+                rows_out=kept_n,
+                rows_rejected=n - kept_n,
+                rejected_by_reason=by_reason,
+                details={"dedup": details},
+            )
         mh.set_threads(opts.threads or cfg.ray.num_cpus)
         ids = store.read_table("questions", columns=["source", "qid"])
         decisions, details = dedup_decisions(store.dataset("questions"), opts, log=print)
@@ -126,6 +143,11 @@ class DedupStage(Stage):
             rejected_by_reason=dict(sorted(reasons.items())),
             details={"dedup": details},
         )
+
+
+def use_ray(opts: DedupOptions, rows: int) -> bool:
+    """Whether the pool dedups as Ray work (``executor``; auto: from ``ray_min_rows`` rows on)."""
+    return opts.executor == "ray" or (opts.executor == "auto" and rows >= opts.ray_min_rows)
 
 
 def dedup_decisions(dataset: Any, opts: DedupOptions, *, log: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -208,6 +230,7 @@ def dedup_decisions(dataset: Any, opts: DedupOptions, *, log: Any = None) -> tup
         "bands": n_bands,
         "rows_per_band": n_rows,
         "detection_curve": curve,
+        "executor": "driver",
         "seconds": {**timings, "total_s": round(time.perf_counter() - t0, 3)},
     }
     if log:

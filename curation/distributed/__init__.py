@@ -1,0 +1,1 @@
+"""Work spread as Ray tasks across the cluster, under the stages that use it."""
