@@ -294,7 +294,8 @@ def test_repeated_id_in_a_json_dict_of_rows(
 
 
 def test_repeated_key_in_a_pretty_printed_json_array(tmp_path: Path) -> None:
-    from curation.readers import IngestError, plan_source, read_chunk
+    from curation.readers import read_chunk
+    from curation.source_plan import IngestError, plan_source
 
     data = tmp_path / "rows.json"
     data.write_text(

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 import schemas
-from curation import readers
+from curation import source_plan
 from curation.config import CurationConfig, IngestOptions, SourceConfig, load_config
 from curation.formats import get_parser, pubmedqa_split_indices
 from curation.pipeline import StageContext, run_stages
@@ -336,7 +336,7 @@ def ray_stage_run(
 def test_ray_pipeline_matches_in_process(
     ray_local: None, fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shuffled
 ) -> None:
-    monkeypatch.setattr(readers, "MIN_CHUNK_BYTES", 1)  # many chunks: line numbers must survive the cuts
+    monkeypatch.setattr(source_plan, "MIN_CHUNK_BYTES", 1)  # many chunks: line numbers must survive the cuts
     options = IngestOptions(m1_shuffle=True, rows_per_chunk=2)
     store, records = ray_stage_run(fixture_sources(fixtures_dir), options, tmp_path / "run")
     questions = store.read_table("questions")

@@ -38,7 +38,7 @@ def test_an_s3_ledger_keeps_its_segments_on_local_disk_and_a_rerun_folds_them(
     s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from curation.engines.ledger import node_wal_dir
-    from curation.engines.openai_engine import LedgerSink
+    from curation.engines.ledger_sink import LedgerSink
     from curation.engines.request import responses_table
 
     monkeypatch.setenv("M1_WAL_DIR", str(tmp_path / "wal"))

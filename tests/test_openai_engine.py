@@ -25,7 +25,8 @@ import pytest
 from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
 from curation.engines import Ledger, OpenAIEngineConfig, make_request, requests_table, run_requests
 from curation.engines.config import Price
-from curation.engines.openai_engine import backoff_s, parse_body, retry_after_s, scrub, send_local
+from curation.engines.openai_engine import send_local
+from curation.engines.retry import backoff_s, parse_body, retry_after_s, scrub
 
 TRANSPORTS = ["openai-sdk", "aiohttp"]
 MODEL = "deepseek-reasoner"
@@ -88,7 +89,7 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
 
 
 def test_parse_body_reads_reasoning_and_rejects_unusable_bodies() -> None:
-    from curation.engines.openai_engine import MalformedResponse
+    from curation.engines.retry import MalformedResponse
 
     body = {
         "choices": [{"message": {"content": "B", "reasoning_content": "why"}, "finish_reason": "length"}],

@@ -348,7 +348,7 @@ def test_segments_count_as_answered_and_only_dead_writers_are_compacted(tmp_path
 
 def test_the_sink_makes_each_answer_durable_within_milliseconds(tmp_path: Path) -> None:
     """With Parquet flushes far away (60 s), answers must still reach the ledger at once via the segment."""
-    from curation.engines.openai_engine import LedgerSink
+    from curation.engines.ledger_sink import LedgerSink
 
     async def main() -> list[float]:
         sink = LedgerSink(Ledger(str(tmp_path)), flush_every_rows=10_000, flush_every_s=60.0)
@@ -375,7 +375,7 @@ def test_a_worker_stops_sending_once_its_driver_is_gone(tmp_path: Path) -> None:
     """A driver that has exited: the sender refuses to start any request, and says why."""
     from curation.engines import OpenAIEngineConfig
     from curation.engines.liveness import DriverRef, DriverWatch
-    from curation.engines.openai_engine import RequestSender
+    from curation.engines.sender import RequestSender
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     me = DriverRef.current()

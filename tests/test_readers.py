@@ -1,4 +1,4 @@
-"""Readers: chunk planning with exact line numbers, every file layout, hf: datasets, and unreadable files."""
+"""Source planning and readers: chunk planning with exact line numbers, every file layout, hf: datasets, and unreadable files."""
 
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from curation import readers
-from curation.readers import (
-    IngestError,
-    RawRecord,
-    fingerprint,
-    list_files,
-    parse_hf_path,
-    plan_source,
-    read_chunk,
-)
+from curation import source_plan
+from curation.readers import RawRecord, read_chunk
+from curation.source_plan import IngestError, fingerprint, list_files, parse_hf_path, plan_source
+from curation.strict_json import locate_repeated_key
 
 
 def read_all(source: str, path: str | Path, rows_per_chunk: int = 50_000) -> list[RawRecord]:
@@ -27,7 +21,7 @@ def read_all(source: str, path: str | Path, rows_per_chunk: int = 50_000) -> lis
 @pytest.fixture
 def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let line files split into chunks of a few bytes, so small fixtures cross many chunk boundaries."""
-    monkeypatch.setattr(readers, "MIN_CHUNK_BYTES", 1)
+    monkeypatch.setattr(source_plan, "MIN_CHUNK_BYTES", 1)
 
 
 def test_jsonl_records_lines_and_bad_utf8(fixtures_dir: Path) -> None:
@@ -145,7 +139,7 @@ def test_hf_load_dataset_on_local_data_files(
     folder = tmp_path / "pool"
     folder.mkdir()
     shutil.copy(fixtures_dir / "medmcqa_parts" / "part-0001.jsonl", folder / "train.jsonl")
-    readers.load_hf.cache_clear()
+    source_plan.load_hf.cache_clear()
     records = read_all("hf", f"hf:{folder}/train")
     assert [r.row["id"] for r in records] == ["f-0", "f-1", "f-2"]
 
@@ -218,8 +212,8 @@ def test_repeated_keys_name_file_line_and_key(tmp_path: Path) -> None:
 
 def test_locate_repeated_key_skips_strings_and_nested_objects() -> None:
     text = '{"a": "{\\"b\\": 1, \\"b\\": 2}", "n": {"a": 1}, "m": [{"a": 1}, {"a": 2}],\n "a": 3}'
-    assert readers.locate_repeated_key(text) == ("a", 2, 1)
-    assert readers.locate_repeated_key('[{"a": 1}, {"a": 2}]') is None
+    assert locate_repeated_key(text) == ("a", 2, 1)
+    assert locate_repeated_key('[{"a": 1}, {"a": 2}]') is None
 
 
 def test_csv_quotes_that_never_close_are_named(tmp_path: Path) -> None:
@@ -254,7 +248,7 @@ def test_unreadable_file_is_an_ingest_error(tmp_path: Path, monkeypatch: pytest.
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(readers, "_sha256_cached", denied)
+    monkeypatch.setattr(source_plan, "_sha256_cached", denied)
     with pytest.raises(IngestError, match=r"pool.jsonl: cannot read \(Permission denied\)"):
         fingerprint(str(path))
     monkeypatch.setattr("builtins.open", denied)
