@@ -2,20 +2,33 @@
 ``rejects/decontaminate``.
 
 The evaluation sets named in ``decontaminate.eval_sets`` are ingested like any source (any format, file or hub
-path) and indexed once (:func:`curation.rules.decontam.build_index`). The pool then streams in batches, in pool
-order: rows dedup dropped are skipped, every other row is matched (:func:`curation.rules.decontam.find_matches`),
-and survivors go to ``candidates`` with their ``pool_index``. The stage prints, and records, how many pool rows
-each evaluation set removed.
+path) and indexed once (:func:`curation.rules.decontam.build_index`). The pool is then cut into blocks in pool
+order (:func:`decontaminate_block`): rows dedup dropped are skipped, every other row is matched
+(:func:`curation.rules.decontam.find_matches`), and survivors go to ``candidates`` with their ``pool_index``.
+A row's matches depend on that row and the indexes only, so any cut gives the same tables.
+
+Pools of ``ray_min_rows`` rows or more (questions) run as Ray work: the indexes go to the object store once
+(``ray.put``), one task per block (a row range of one row group of ``questions``, at most ``batch_rows`` rows)
+reads its rows and its rows' ``kept`` flags from ``dedup``, matches them and writes its Parquet part of each
+of the three tables; the driver holds block descriptions and counts, never rows. Smaller pools stream through
+the driver in batches (the same function, the same tables: a Ray round costs a few seconds of task start and
+index transfer that a small pool does not win back). The stage prints, and records, how many pool rows each
+evaluation set removed.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 import schemas
 from curation.config import CurationConfig, DecontaminateOptions, IngestOptions
@@ -110,13 +123,165 @@ def reject_table(stage: str, batch: pa.Table, m: Matches, ref_column: str, raw_c
     )
 
 
+def decontaminate_block(
+    table: pa.Table,
+    pool_index: np.ndarray,
+    kept: np.ndarray | None,
+    indexes: list[EvalIndex],
+    opts: DecontaminateOptions,
+) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
+    """One block of the pool (``pool_index`` per row; ``kept``: dedup's flags, None without dedup) ->
+    (candidates rows, contamination rows or None, reject rows or None). Rows dedup dropped are neither."""
+    if kept is not None:
+        table, pool_index = table.filter(pa.array(kept)), pool_index[kept]
+    survivors = np.ones(table.num_rows, dtype=bool)
+    cont = rej = None
+    if indexes and table.num_rows:
+        m = find_matches(table, indexes, opts)
+        if len(m.row):
+            cont = contamination_rows(table, pool_index, m)
+            rej = reject_table(STAGE, table, m, "qid", "metadata")
+            survivors[m.row] = False
+    cand = table.filter(pa.array(survivors)).append_column(
+        "pool_index", pa.array(pool_index[survivors], pa.int64())
+    )
+    return cand, cont, rej
+
+
+# ---------------------------------------------------------------------------------------------- Ray work
+
+
+@dataclass(frozen=True)
+class Block:
+    """Pool rows ``start .. start + rows``: ``rows`` rows of row group ``group`` of ``file`` from ``offset`` on."""
+
+    file: str
+    group: int
+    offset: int
+    start: int
+    rows: int
+
+
+def pool_blocks(fs: Any, files: list[str], max_rows: int) -> list[Block]:
+    """The pool's blocks in order, at most ``max_rows`` rows each (read from Parquet footers only)."""
+    blocks: list[Block] = []
+    start = 0
+    for file in files:
+        with fs.open_input_file(file) as f:
+            meta = pq.ParquetFile(f).metadata
+        for group in range(meta.num_row_groups):
+            rows = meta.row_group(group).num_rows
+            for offset in range(0, rows, max_rows):
+                take = min(max_rows, rows - offset)
+                blocks.append(Block(file, group, offset, start, take))
+                start += take
+    return blocks
+
+
+def _kept_of(fs: Any, dedup_path: str, block: Block) -> np.ndarray:
+    """dedup's ``kept`` flags of the block's rows, in pool order (row groups pruned by pool_index statistics)."""
+    ds = pads.dataset(dedup_path, filesystem=fs, format="parquet")
+    lo, hi = block.start, block.start + block.rows
+    t = ds.to_table(
+        columns=["pool_index", "kept"], filter=(pc.field("pool_index") >= lo) & (pc.field("pool_index") < hi)
+    )
+    t = t.sort_by("pool_index")
+    got = t.column("pool_index").to_numpy()
+    if len(got) != block.rows or (block.rows and (got[0] != lo or got[-1] != hi - 1)):
+        raise UserError(
+            f"{STAGE}: the dedup table has {len(got)} rows for pool rows {lo}..{hi - 1} of `questions` "
+            f"({block.rows} expected); the run's tables are inconsistent: rerun dedup with --force"
+        )
+    return t.column("kept").to_numpy(zero_copy_only=False)
+
+
+def _write_part(fs: Any, path: str, table: pa.Table, name: str) -> None:
+    from curation.store.runstore import row_group_rows
+
+    schema = schemas.get(name).schema
+    stream = fs.open_output_stream(path)
+    try:
+        with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
+            writer.write_table(schemas.conform(table, name), row_group_size=row_group_rows(table))
+    finally:
+        stream.close()  # the writer does not own the stream: a failed upload must raise here
+
+
+def block_task(
+    fs: Any,
+    block: Block,
+    part: int,
+    dedup_path: str | None,
+    indexes: list[EvalIndex],
+    opts: DecontaminateOptions,
+    dirs: dict[str, str],
+    cpus: float,
+) -> tuple[int, int, int, dict[str, int]]:
+    """Ray task: one block -> its Parquet part of each table (none where it has no rows; ``indexes`` arrive
+    from the object store). Returns (rows in, candidates, rejects, pool rows removed per eval set)."""
+    mh.set_threads(max(1, math.ceil(cpus)))
+    with fs.open_input_file(block.file) as f:
+        table = pq.ParquetFile(f).read_row_group(block.group).slice(block.offset, block.rows)
+    kept = _kept_of(fs, dedup_path, block) if dedup_path is not None else None
+    pool_index = np.arange(block.start, block.start + block.rows, dtype=np.int64)
+    cand, cont, rej = decontaminate_block(table, pool_index, kept, indexes, opts)
+    rows_in = block.rows if kept is None else int(kept.sum())
+    for name, t in (("candidates", cand), ("contamination", cont), ("rejects/decontaminate", rej)):
+        if t is not None and t.num_rows:
+            _write_part(fs, f"{dirs[name]}/part-{part:05d}.parquet", t, name)
+    per_set = removed_per_set([cont] if cont is not None else [])
+    return rows_in, cand.num_rows, rej.num_rows if rej is not None else 0, per_set
+
+
+def run_blocks(
+    store: Any, indexes: list[EvalIndex], opts: DecontaminateOptions, resources: Resources
+) -> tuple[dict[str, Any], int, int, int, Counter[str], int]:
+    """The pool as Ray tasks, one per block; returns (versions by table, rows in, out, rejected, removed per
+    set, blocks)."""
+    import ray
+
+    fs = store.fs
+    blocks = pool_blocks(fs, sorted(store.dataset("questions").files), opts.batch_rows)
+    dedup_path = store.path(store.tables()["dedup"]["path"]) if store.has_table("dedup") else None
+    names = ("candidates", "contamination", "rejects/decontaminate")
+    rel = {name: store.new_table_dir(name) for name in names}
+    dirs = {name: store.path(rel[name]) for name in names}
+    shared = ray.put(indexes)  # once; every task maps the same copy
+    task = ray.remote(**resources.ray_options(), max_retries=3)(block_task).options(
+        name="decontaminate.block"
+    )
+    refs = [
+        task.remote(fs, b, i, dedup_path, shared, opts, dirs, resources.cpus) for i, b in enumerate(blocks)
+    ]
+    rows_in = rows_out = rejected = 0
+    per_set: Counter[str] = Counter()
+    written: Counter[str] = Counter()
+    for n_in, n_out, n_rej, removed in ray.get(refs):
+        rows_in, rows_out, rejected = rows_in + n_in, rows_out + n_out, rejected + n_rej
+        per_set.update(removed)
+        written.update(
+            {"candidates": n_out, "rejects/decontaminate": n_rej, "contamination": sum(removed.values())}
+        )
+    versions = {}
+    for name in names:
+        if not written[name]:  # an empty table is still a table: one file with the schema
+            _write_part(fs, f"{dirs[name]}/part-00000.parquet", schemas.get(name).schema.empty_table(), name)
+        versions[name] = store.adopt_table_dir(name, rel[name])
+    return versions, rows_in, rows_out, rejected, per_set, len(blocks)
+
+
 class DecontaminateStage(Stage):
     """questions + dedup -> contamination, candidates (survivors + pool_index), rejects/decontaminate."""
 
     name: ClassVar[str] = STAGE
     inputs: ClassVar[tuple[str, ...]] = ("questions", "dedup")
     outputs: ClassVar[tuple[str, ...]] = ("contamination", "candidates", "rejects/decontaminate")
+    # Per Ray task (one block): the eval indexes (mapped from the object store), one block of questions rows and
+    # its matching state; threads = cpus (the n-gram and MinHash kernels).
     resources: ClassVar[Resources] = Resources(cpus=2.0, memory_gib=2.0)
+    # Pools (questions rows) from this size on run as Ray tasks, smaller ones in the driver (same tables): the
+    # Ray round's fixed cost (task start, index transfer: a few seconds) pays off from a few blocks up.
+    ray_min_rows: ClassVar[int] = 262_144
 
     def enabled(self, cfg: CurationConfig) -> bool:
         # Runs whenever dedup does too: `candidates` is what the later stages read.
@@ -132,8 +297,47 @@ class DecontaminateStage(Stage):
     def run(self, ctx: StageContext) -> StageResult:
         cfg, store = ctx.config, ctx.store
         opts = cfg.decontaminate
-        mh.set_threads(opts.threads or cfg.ray.num_cpus)
         indexes = load_eval_indexes(opts, log=print)
+        pool_rows = store.tables()["questions"]["rows"]
+        executor = "ray" if pool_rows >= self.ray_min_rows else "driver"
+        if executor == "ray":
+            resources = ctx.resources or self.resources
+            print(
+                f"[{STAGE}] as Ray work: {pool_rows:,} pool rows in blocks of <= {opts.batch_rows:,}; {resources}"
+            )
+            versions, rows_in, rows_out, rejected, per_set, blocks = run_blocks(
+                store, indexes, opts, resources
+            )
+            cand, cont, rej = (
+                versions["candidates"],
+                versions["contamination"],
+                versions["rejects/decontaminate"],
+            )
+        else:
+            mh.set_threads(opts.threads or cfg.ray.num_cpus)
+            cand, cont, rej, rows_in, rows_out, per_set = self._run_in_driver(store, indexes, opts)
+            rejected, blocks = rej.rows, None
+        for s in opts.eval_sets:
+            print(f"[{STAGE}] {s.name}: {per_set.get(s.name, 0):,} pool rows removed")
+        return StageResult(
+            outputs=[cont, cand, rej],
+            rows_in=rows_in,
+            rows_out=rows_out,
+            rows_rejected=rejected,
+            rejected_by_reason={REASON: rejected} if rejected else {},
+            details={
+                "decontaminate": {
+                    "removed_per_eval_set": {s.name: per_set.get(s.name, 0) for s in opts.eval_sets},
+                    "executor": executor,
+                    **({"blocks": blocks} if blocks is not None else {}),
+                }
+            },
+        )
+
+    @staticmethod
+    def _run_in_driver(
+        store: Any, indexes: list[EvalIndex], opts: DecontaminateOptions
+    ) -> tuple[Any, Any, Any, int, int, Counter[str]]:
         kept = (
             store.read_table("dedup", columns=["kept"]).column("kept").to_numpy(zero_copy_only=False)
             if store.has_table("dedup")
@@ -149,43 +353,19 @@ class DecontaminateStage(Stage):
                 table = pa.Table.from_batches([batch])
                 index = np.arange(offset, offset + table.num_rows, dtype=np.int64)
                 offset += table.num_rows
-                if kept is not None:
-                    mask = kept[index]
-                    table, index = table.filter(pa.array(mask)), index[mask]
-                counts["in"] += table.num_rows
-                if not table.num_rows:
-                    continue
-                survivors = np.ones(table.num_rows, dtype=bool)
-                if indexes:
-                    m = find_matches(table, indexes, opts)
-                    if len(m.row):
-                        contamination.append(contamination_rows(table, index, m))
-                        rejects.append(reject_table(STAGE, table, m, "qid", "metadata"))
-                        survivors[m.row] = False
-                out = table.filter(pa.array(survivors)).append_column(
-                    "pool_index", pa.array(index[survivors], pa.int64())
-                )
+                block_kept = kept[index] if kept is not None else None
+                counts["in"] += table.num_rows if block_kept is None else int(block_kept.sum())
+                out, cont, rej = decontaminate_block(table, index, block_kept, indexes, opts)
+                if cont is not None:
+                    contamination.append(cont)
+                    rejects.append(rej)
                 counts["out"] += out.num_rows
                 yield out
 
         cand = store.write_table("candidates", candidates())
         cont = store.write_table("contamination", contamination or [])
         rej = store.write_table("rejects/decontaminate", rejects or [])
-        per_set = removed_per_set(contamination)
-        for s in opts.eval_sets:
-            print(f"[{STAGE}] {s.name}: {per_set.get(s.name, 0):,} pool rows removed")
-        return StageResult(
-            outputs=[cont, cand, rej],
-            rows_in=counts["in"],
-            rows_out=counts["out"],
-            rows_rejected=rej.rows,
-            rejected_by_reason={REASON: rej.rows} if rej.rows else {},
-            details={
-                "decontaminate": {
-                    "removed_per_eval_set": {s.name: per_set.get(s.name, 0) for s in opts.eval_sets}
-                }
-            },
-        )
+        return cand, cont, rej, counts["in"], counts["out"], Counter(removed_per_set(contamination))
 
 
 def removed_per_set(tables: list[pa.Table]) -> dict[str, int]:
