@@ -2,7 +2,9 @@
 
 The sampler (:mod:`curation.rules.sampler`, ``sample.method``) runs in the driver over m23k in pool order, each
 row with its domain from the classify stage's ``labels`` table, so the selection depends only on the table and
-the seed.
+the seed. The driver reads only what the samplers need (pool_index, source, qid, and the reasoning's word count,
+counted batch by batch: :func:`narrow_m23k`), then reads the chosen rows alone (:func:`take_m1k`): a 10M-row
+m23k costs a few narrow columns, not its reasoning texts.
 """
 
 from __future__ import annotations
@@ -26,9 +28,46 @@ class SampleError(UserError):
     """The sample stage's inputs are missing or inconsistent."""
 
 
-def draw(m23k: pa.Table, labels: pa.Table, opts: Any) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
-    """(samples, m1k, details) from m23k (any order: sorted by pool_index here) and labels."""
-    table = m23k.sort_by("pool_index") if m23k.num_rows else m23k
+NARROW = ["pool_index", "source", "qid"]  # what the samplers need of m23k, with the reasoning's word count
+
+
+def narrow_m23k(dataset: Any, batch_rows: int = 65_536) -> pa.Table:
+    """pool_index, source, qid and ``reasoning_words`` of every m23k row, with ``_pos`` (the row's position in
+    ``dataset``); the reasoning column is read batch by batch and only its word count kept."""
+    parts = []
+    pos = 0
+    for batch in dataset.to_batches(
+        columns=[*NARROW, "reasoning"], batch_size=batch_rows, batch_readahead=1, fragment_readahead=1
+    ):
+        n = batch.num_rows
+        parts.append(
+            pa.table(
+                {
+                    **{c: batch.column(c) for c in NARROW},
+                    "reasoning_words": pa.array(
+                        reasoning_words(batch.column("reasoning").to_pylist()), pa.int64()
+                    ),
+                    "_pos": pa.array(np.arange(pos, pos + n, dtype=np.int64)),
+                }
+            )
+        )
+        pos += n
+    if not parts:
+        schema = dataset.schema
+        return pa.table(
+            {
+                **{c: pa.array([], schema.field(c).type) for c in NARROW},
+                "reasoning_words": pa.array([], pa.int64()),
+                "_pos": pa.array([], pa.int64()),
+            }
+        )
+    return pa.concat_tables(parts)
+
+
+def draw(narrow: pa.Table, labels: pa.Table, opts: Any) -> tuple[np.ndarray, pa.Table, dict[str, Any]]:
+    """(positions of the chosen rows in m23k's dataset, in selection order; samples; details) from
+    :func:`narrow_m23k`'s table (any order: sorted by pool_index here, stably) and labels."""
+    table = narrow.sort_by("pool_index") if narrow.num_rows else narrow
     lab = pl.from_arrow(labels.select(["source", "qid", "domain_code", "domain_name"]))
     base = pl.from_arrow(table.select(["source", "qid"]))
     assert isinstance(lab, pl.DataFrame) and isinstance(base, pl.DataFrame)
@@ -47,42 +86,52 @@ def draw(m23k: pa.Table, labels: pa.Table, opts: Any) -> tuple[pa.Table, pa.Tabl
         )
     domains = joined["domain_code"].to_list()
     sources = joined["source"].to_list()
-    words = reasoning_words(table.column("reasoning").to_pylist())
+    words = table.column("reasoning_words")
     details: dict[str, Any] = {"method": opts.method, "seed": opts.seed, "available": table.num_rows}
     if opts.method == "m1":
         picked = m1_sample(domains, sources, opts.size, opts.seed)
     elif opts.method == "s1":
-        picked = s1_sample(domains, words, opts.size, opts.seed)
+        picked = s1_sample(domains, words.to_numpy(), opts.size, opts.seed)
     else:
         picked, short = quota_sample(domains, opts.quotas, opts.seed)
         details["quota_shortfall"] = short
     if len(picked) < opts.size and opts.method != "quota":
         details["ran_out"] = f"only {len(picked)} rows available for size {opts.size}"
     idx = pa.array(np.asarray(picked, dtype=np.int64))
-    rank = pa.array(np.arange(len(picked), dtype=np.int64))
     chosen = table.take(idx)
-    dom = pa.array(domains, pa.string()).take(idx) if picked else pa.array([], pa.string())
-    names = joined["domain_name"].to_arrow().cast(pa.string()).take(idx)
     samples = schemas.conform(
         pa.table(
             {
-                "sample_rank": rank,
+                "sample_rank": pa.array(np.arange(len(picked), dtype=np.int64)),
                 "pool_index": chosen.column("pool_index"),
                 "source": chosen.column("source"),
                 "qid": chosen.column("qid"),
-                "domain_code": dom,
-                "domain_name": names,
+                "domain_code": pa.array(domains, pa.string()).take(idx)
+                if picked
+                else pa.array([], pa.string()),
+                "domain_name": joined["domain_name"].to_arrow().cast(pa.string()).take(idx),
                 "method": pa.array([opts.method] * len(picked), pa.string()),
                 "seed": pa.array([opts.seed] * len(picked), pa.int64()),
-                "reasoning_words": pa.array(words, pa.int64()).take(idx),
+                "reasoning_words": chosen.column("reasoning_words"),
             }
         ),
         "samples",
     )
-    m1k = chosen.append_column("domain_code", dom).append_column("domain_name", names)
-    m1k = m1k.append_column("sample_rank", rank)
-    m1k = schemas.conform(m1k.select(schemas.get("m1k").schema.names), "m1k")
-    return samples, m1k, details
+    return chosen.column("_pos").to_numpy(), samples, details
+
+
+def take_m1k(dataset: Any, positions: np.ndarray, samples: pa.Table) -> pa.Table:
+    """The chosen m23k rows (``positions`` in ``dataset``, in selection order), read alone, as m1k records."""
+    if not len(positions):
+        chosen = dataset.schema.empty_table()
+    else:
+        order = np.unique(positions)  # sorted, for one pass over the files
+        rows = dataset.take(pa.array(order))
+        chosen = rows.take(pa.array(np.searchsorted(order, positions)))
+    m1k = chosen.append_column("domain_code", samples.column("domain_code"))
+    m1k = m1k.append_column("domain_name", samples.column("domain_name"))
+    m1k = m1k.append_column("sample_rank", samples.column("sample_rank"))
+    return schemas.conform(m1k.select(schemas.get("m1k").schema.names), "m1k")
 
 
 def mix(m1k: pa.Table) -> str:
@@ -138,17 +187,21 @@ class SampleStage(Stage):
                     f"{STAGE}: the run has no `{table}` table, written by {writer}; configure that stage "
                     f"(tables in this run: {sorted(store.tables())})"
                 )
-        m23k = store.read_table("m23k")
-        samples, m1k, details = draw(m23k, store.read_table("labels"), ctx.config.sample)
+        dataset = store.dataset("m23k")
+        narrow = narrow_m23k(dataset)
+        positions, samples, details = draw(narrow, store.read_table("labels"), ctx.config.sample)
+        m1k = take_m1k(dataset, positions, samples)
+        n_in = narrow.num_rows
+        del narrow
         print(f"[{STAGE}] " + mix(m1k))
         s = store.write_table("samples", samples)
         m = store.write_table("m1k", m1k)
         # The sample is a selection, not a filter: every m23k row stays in m23k; rows_out counts the selected.
         return StageResult(
             outputs=[s, m],
-            rows_in=m23k.num_rows,
+            rows_in=n_in,
             rows_out=m.rows,
-            rows_rejected=m23k.num_rows - m.rows,
-            rejected_by_reason={"not_sampled": m23k.num_rows - m.rows} if m23k.num_rows > m.rows else {},
+            rows_rejected=n_in - m.rows,
+            rejected_by_reason={"not_sampled": n_in - m.rows} if n_in > m.rows else {},
             details={"sample": details},
         )
