@@ -29,6 +29,7 @@ from curation.jobenv import check_run_dir
 from curation.rundir import new_run_dir
 
 if TYPE_CHECKING:  # the store layer is imported where a command runs, not at CLI start-up
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.store.health import TableProblem
     from curation.store.runstore import RunStore
 
@@ -70,6 +71,7 @@ def config_arg(config: str | None) -> Path:
 
 def stage_registry() -> dict[str, Callable[[], Any]]:
     """Stage name -> factory, in pipeline order (see curation/stages/__init__.py)."""
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.stages import stage_registry as registry
 
     return registry()
@@ -77,6 +79,7 @@ def stage_registry() -> dict[str, Callable[[], Any]]:
 
 # ---- curate ----------------------------------------------------------------------------------------
 def cmd_curate(args: argparse.Namespace) -> int:
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.config import load_config
     from curation.pipeline import format_funnel, run_stages
     from curation.store.catalog import write_catalog
@@ -98,6 +101,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     # Stages always run in pipeline order, whatever order --stages lists them in.
     stages = [registry[name]() for name in registry if name in wanted]
     if not args.dry_run:  # a vLLM engine's model must be loadable: say so now, not in a worker's traceback
+        # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
         from curation.modelpath import check_engine_models
 
         check_engine_models(cfg, [s.name for s in stages if s.enabled(cfg)], source=str(config_path))
@@ -120,6 +124,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 def _open_run_for_sql(run_dir: str) -> tuple[RunStore, dict[str, TableProblem]]:
     """The run's store, after every table's footers and schema were checked; problems are warned about and the
     table is left out, so the rest stays queryable."""
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.store.health import check_run
     from curation.store.runstore import RunStore
 
@@ -184,6 +189,7 @@ def _write_output(table: Any, target: str, run_root: str | None) -> None:
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.store.catalog import connect, write_catalog
 
     if not args.query.strip():
@@ -238,12 +244,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _names_view(message: str, table: str) -> bool:
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.store.catalog import view_name
 
     return f"name {view_name(table)} does not exist" in message or f'"{view_name(table)}"' in message
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.store.catalog import write_catalog
 
     store, problems = _open_run_for_sql(args.run_dir)
@@ -264,6 +272,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     import pyarrow.fs as pafs
 
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.store.health import check_run
     from curation.store.runstore import RunStore, resolve
 
@@ -361,6 +370,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("curate", help="run the configured curation stages (with resume)")
     p.add_argument("config", nargs="?", help="YAML config, or `demo` for the embedded demo config")
     p.add_argument("--run-dir", required=True, help="run directory (local path or s3://... URI)")
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.stages import PIPELINE
 
     p.add_argument(
@@ -425,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"m1 {args.command}: this subcommand is not available in this installation")
     from pydantic import ValidationError
 
+    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
     from curation.config import format_validation_error
 
     def fail(message: str, code: int = 2) -> int:
@@ -458,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc))
     except OSError as exc:
         # An object store that refuses or stops answering (here or in a Ray worker): what it said, what to check.
+        # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
         from curation.store.runstore import store_hint
 
         hint = store_hint(exc)

@@ -24,7 +24,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from curation.engines.config import EngineConfig
 from curation.errors import UserError, looks_secret, redact_secrets
+from curation.formats import McqMapping
 
 Format = Literal["medqa", "medmcqa", "headqa", "pubmedqa", "mcq"]
 
@@ -90,8 +92,6 @@ class SourceConfig(Strict):
     @model_validator(mode="after")
     def _mapping_only_for_mcq(self) -> SourceConfig:
         if self.format == "mcq":
-            from curation.formats import McqMapping
-
             try:
                 McqMapping.model_validate(self.mapping)
             except ValidationError as exc:
@@ -182,6 +182,7 @@ class MinHashOptions(Strict):
         """(bands, rows): as given, or optimised for lsh_threshold (datasketch's rule)."""
         if self.bands is not None and self.rows is not None:
             return self.bands, self.rows
+        # deferred: numba compiles the MinHash kernels on import; only an lsh_threshold needs them here
         from curation.rules.minhash import optimal_bands
 
         return optimal_bands(self.lsh_threshold, self.num_perm)
@@ -438,8 +439,6 @@ class CurationConfig(Strict):
         # unused engine must stop the run before anything is written (the manifest records the whole config).
         from pydantic import TypeAdapter
 
-        from curation.engines.config import EngineConfig
-
         adapter = TypeAdapter(EngineConfig)
         problems: list[tuple[str, str]] = []
         for name, raw in engines.items():
@@ -456,8 +455,6 @@ class CurationConfig(Strict):
     def engine(self, name: str) -> Any:
         """The validated engine config named ``name`` (engines are validated when first used)."""
         from pydantic import TypeAdapter
-
-        from curation.engines.config import EngineConfig
 
         if name not in self.engines:
             raise ConfigError(f"no engine named {name!r} in config; defined: {sorted(self.engines)}")

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from curation.errors import UserError
+from curation.formats import Reject, get_parser, pubmedqa_split_indices
+from curation.prompt import render_m1_prompt
 from evaluation.config import BenchmarkConfig
 from evaluation.runner import Sample
 
@@ -147,8 +149,6 @@ def load_benchmark(cfg: BenchmarkConfig) -> list[Sample]:
 
 
 def _load_with_curation_parser(path: Path, fmt: str, cfg: BenchmarkConfig) -> list[Sample]:
-    from curation.formats import Reject, get_parser, pubmedqa_split_indices
-    from curation.prompt import render_m1_prompt
 
     rows = _read_rows(path)
     parser = get_parser(fmt, cfg.mapping or None)

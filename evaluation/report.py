@@ -16,7 +16,9 @@ from typing import Any
 
 import duckdb
 
+from curation.errors import UserError
 from curation.jobenv import nonempty_path
+from curation.store.catalog import connect
 from curation.store.runstore import RunStore
 
 SQL: dict[str, str] = {
@@ -61,7 +63,6 @@ SQL: dict[str, str] = {
 
 
 def _connect(store: RunStore) -> duckdb.DuckDBPyConnection:
-    from curation.store.catalog import connect
 
     return connect(store)
 
@@ -325,8 +326,6 @@ def build_report(run_dir: str, *, title: str | None = None, banner: str | None =
     """The HTML page of a run (a string)."""
     store = RunStore(run_dir, create=False)
     if not store.exists():
-        from curation.errors import UserError
-
         raise UserError(f"{run_dir!r} is not a run directory (no manifest.json)")
     con = _connect(store)
     title = title or f"m1 run report: {Path(store.root).name}"

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from curation.errors import UserError
 from evaluation.budget import (
     Protocol,
     Thinking,
@@ -228,8 +229,6 @@ class BudgetRunner:
         for sample, prompt in zip(samples, prompts, strict=True):
             need = len(prompt) + budget + extra
             if need > limit:
-                from curation.errors import UserError
-
                 raise UserError(
                     f"question {sample.sample_id}: prompt {len(prompt)} + budget {budget} + answer stage "
                     f"{extra} = {need} tokens exceed the model's context of {limit}; raise max_model_len or lower "
@@ -242,8 +241,6 @@ class BudgetRunner:
         limit = self.max_model_len()
         for sample, prompt in zip(samples, prompts, strict=True):
             if limit is not None and len(prompt) + max(budgets) > limit:
-                from curation.errors import UserError
-
                 raise UserError(
                     f"question {sample.sample_id}: prompt {len(prompt)} + {max(budgets)} new tokens exceed the "
                     f"model's context of {limit}"

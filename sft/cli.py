@@ -7,9 +7,13 @@ from typing import Any
 
 import yaml
 
+from curation.config import ConfigError
+from curation.modelpath import check_model_path
+from sft.config import load_sft_config
+from sft.train import run_sft
+
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
-    from curation.config import ConfigError
 
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -21,9 +25,6 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from curation.modelpath import check_model_path
-    from sft.config import load_sft_config
-    from sft.train import run_sft
 
     cfg = load_sft_config(args.config, _overrides(args.set or []))
     check_model_path(cfg.model.path, "model.path", source=str(args.config))  # before any Ray worker starts

@@ -15,10 +15,12 @@ from typing import Any
 import pyarrow as pa
 
 from curation.errors import UserError
+from curation.store.runstore import RunStore
 from sft.config import SFTConfig
 from sft.format import (
     Example,
     FormatError,
+    pack_best_fit,
     pack_rows,
     padding_share,
     row_of,
@@ -47,8 +49,6 @@ def source_dataset(cfg: SFTConfig) -> Any:
     wanted = [cols.prompt, cols.reasoning, cols.answer]
     d = cfg.data
     if d.table:
-        from curation.store.runstore import RunStore
-
         try:
             store = RunStore(cfg.run_dir, create=False)
         except FileNotFoundError:
@@ -189,7 +189,6 @@ class Plan:
 
 def packed_lengths(lengths: list[int], capacity: int, buffer: int) -> list[int]:
     """Lengths of the rows that packing ``lengths`` (in chunks of ``buffer`` examples) makes."""
-    from sft.format import pack_best_fit
 
     out = []
     for i in range(0, len(lengths), buffer):

@@ -14,6 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 import schemas
+from curation.store.runstore import RunStore
+from sft.config import load_sft_config
+from sft.train import TRAIN_DIR, list_checkpoints, run_sft
 
 _FINDINGS = [
     "fever and a productive cough",
@@ -112,9 +115,6 @@ def run_demo_sft(
     """Fine-tune the tiny model on the run's ``m23k`` (else ``curated``) table for ``steps`` optimizer steps
     with 2 CPU workers; returns the HF checkpoint folder. The loss curve lands in RUN/sft/demo-tiny/loss.png.
     With ``reuse``, a finished fine-tune (a complete checkpoint at ``steps``) is returned without training."""
-    from curation.store.runstore import RunStore
-    from sft.config import load_sft_config
-    from sft.train import TRAIN_DIR, list_checkpoints, run_sft
 
     store = RunStore(str(run_dir), create=False)
     if table is None:

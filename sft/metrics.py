@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
+from curation.store.catalog import write_catalog
 from curation.store.runstore import RunStore
 
 TABLE = "sft_metrics"
@@ -48,8 +49,6 @@ def commit_metrics(store: RunStore, sft_run: str, folder: str) -> int:
     version = store.write_table(TABLE, pa.concat_tables(tables))
     store.commit([version])
     try:  # refresh the DuckDB catalog so `m1 sql` and catalog.duckdb see the table at once
-        from curation.store.catalog import write_catalog
-
         write_catalog(store)
     except Exception as exc:  # the table is committed either way; the catalog is rebuilt by `m1 sql`
         print(f"[sft] catalog not refreshed: {exc}")

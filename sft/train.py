@@ -34,8 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from curation.errors import UserError
+from curation.jobenv import check_run_dir
+from curation.store.runstore import RunStore
 from sft.config import SFTConfig
 from sft.data import Plan, collect_lengths, make_plan, training_dataset
+from sft.format import Row, collate
+from sft.metrics import commit_metrics, plot_loss, write_metric_rows
 
 TRAIN_DIR = "train"  # Ray Train's run name under sft/<name>/
 HF_CHECKPOINT = "checkpoint"  # the HF checkpoint folder inside each Ray checkpoint
@@ -51,7 +55,6 @@ def _stats_batches(shard: Any, cfg: SFTConfig, pad_id: int, skip: int, epoch: in
     ``max_steps`` (the same on every worker, so no worker waits on another), not the data's. A resumed run
     starts at its checkpoint's ``epoch`` (that epoch's shuffle seed) and skips the ``skip`` micro-batches of
     it already trained."""
-    from sft.format import Row, collate
 
     t = cfg.train
     while True:
@@ -232,7 +235,6 @@ def _callbacks(cfg: SFTConfig, plan: Plan, paths: dict[str, str], rank: int, att
         def flush(self) -> None:
             if not self.rows:
                 return
-            from sft.metrics import write_metric_rows
 
             write_metric_rows(paths["metrics"], self.rows, f"{attempt}-{self.part:05d}")
             self.rows = []
@@ -437,10 +439,6 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> SFT
     """Train as configured; returns where the checkpoints, metrics table and loss curve are."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from curation.jobenv import check_run_dir
-    from curation.store.runstore import RunStore
-    from sft.metrics import commit_metrics, plot_loss
 
     started = time.perf_counter()
     # The config's run_dir (resolved against the config's folder) must not land in a Ray job's working dir.

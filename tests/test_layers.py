@@ -1,4 +1,5 @@
-"""The import graph, read from the source: layers import one way, and module-level imports form no circle.
+"""The import graph, read from the source: layers import one way, module-level imports form no circle, and an
+import inside a function says why it is not at the top.
 
 Layers, bottom to top: 0 rules and schemas (pure functions and table shapes), 1 engines, store, config, readers,
 2 stages and the runner, 3 the CLI, SFT, evaluation and dev tools. An import may go down or sideways, never up.
@@ -31,6 +32,20 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (2, ("curation.stages", "curation.pipeline")),
     (1, ("curation",)),
 ]
+
+
+# Modules whose in-function imports are not held to the rule yet: others are reworking them (issue 19).
+UNREVIEWED_IN_FUNCTION = {
+    "curation.devtools.synth",
+    "curation.distributed.dedup",
+    "curation.engines.vllm_engine",
+    "curation.pipeline",
+    "curation.stages.decontaminate",
+    "curation.stages.dedup",
+    "evaluation.sweep",
+}
+# What marks a deferred import: `# deferred: <why>` on the import or on the line above its run of imports.
+DEFERRED = "# deferred:"
 
 
 def layer(module: str) -> int | None:
@@ -115,3 +130,61 @@ def test_module_level_imports_form_no_circle() -> None:
         if start not in state:
             visit(start, [start])
     assert circles == []
+
+
+def in_function_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, imported project module, says why) for each import of a project module inside a function."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    out = []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for holder in ast.walk(func):
+            for field in ("body", "orelse", "finalbody"):
+                body = getattr(holder, field, None)
+                if not isinstance(body, list):
+                    continue
+                for i, node in enumerate(body):
+                    if isinstance(node, ast.Import):
+                        names = [alias.name for alias in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                        names = [node.module]
+                    else:
+                        continue
+                    names = [n for n in names if n.split(".")[0] in PACKAGES]
+                    if not names:
+                        continue
+                    first = i  # the run of imports this one belongs to, and the line above it
+                    while first > 0 and isinstance(body[first - 1], (ast.Import, ast.ImportFrom)):
+                        first -= 1
+                    start = body[first].lineno - 1
+                    span = lines[start - 1 if start else 0 : node.end_lineno]
+                    reasoned = any(DEFERRED in line for line in span)
+                    out += [(node.lineno, name, reasoned) for name in names]
+    return sorted(set(out))
+
+
+def test_in_function_imports_of_project_modules_say_why() -> None:
+    """Project modules are imported at the top; inside a function only to defer a heavy optional package
+    (vllm, torch, transformers, ray, duckdb, lxml, numba) until it is used, with `# deferred: <why>`."""
+    silent = [
+        f"{path.relative_to(ROOT)}:{line} imports {target} inside a function without `{DEFERRED} <why>`"
+        for module, path in sorted(modules().items())
+        if module not in UNREVIEWED_IN_FUNCTION
+        for line, target, reasoned in in_function_imports(path)
+        if not reasoned
+    ]
+    assert silent == []
+
+
+def test_the_unreviewed_modules_still_exist() -> None:
+    """A module that is gone, or follows the rule now, leaves the list, so the list only shrinks."""
+    mods = modules()
+    stale = [
+        m
+        for m in UNREVIEWED_IN_FUNCTION
+        if m not in mods or all(reasoned for _, _, reasoned in in_function_imports(mods[m]))
+    ]
+    assert stale == []

@@ -25,12 +25,19 @@ from typing import Any
 
 import yaml
 
+from curation.cli import default_config_path
+from curation.cli import main as m1_main
+from curation.devtools.tiny_model import build_tiny_model
+from curation.store.runstore import RunStore
+from evaluation.demo import run_demo_sweep
+from evaluation.report import accuracy_markdown
+from sft.demo import run_demo_sft
+
 TINY_ENGINE = "tiny"
 SFT_STEPS = 8  # a few optimizer steps: enough for a falling loss curve, a minute or two on 2 cores
 
 
 def _sql(run_dir: str, query: str) -> None:
-    from curation.cli import main as m1_main
 
     print(f'\n$ m1 sql {run_dir} "{query}"')
     m1_main(["sql", run_dir, query, "--max-width", "140"])
@@ -38,7 +45,6 @@ def _sql(run_dir: str, query: str) -> None:
 
 def write_demo_config(run_dir: Path, model_dir: Path) -> Path:
     """The embedded demo config with absolute source paths and the tiny model's path, as a file in the run."""
-    from curation.cli import default_config_path
 
     template = default_config_path()
     raw = yaml.safe_load(template.read_text(encoding="utf-8"))
@@ -58,8 +64,6 @@ def write_demo_config(run_dir: Path, model_dir: Path) -> Path:
 
 
 def run_demo(run_dir: str, *, dry_run: bool = False, skip_train_eval: bool = False) -> int:
-    from curation.cli import main as m1_main
-    from curation.devtools.tiny_model import build_tiny_model
 
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -100,10 +104,6 @@ def run_demo(run_dir: str, *, dry_run: bool = False, skip_train_eval: bool = Fal
 
 def _train_and_evaluate(run_dir: str, model_dir: Path) -> None:
     """The SFT and evaluation legs: fine-tune on the run's table, sweep budgets, write the report."""
-    from curation.store.runstore import RunStore
-    from evaluation.demo import run_demo_sweep
-    from evaluation.report import accuracy_markdown
-    from sft.demo import run_demo_sft
 
     print("\n[demo] SFT: the tiny model on the run's m23k table, 2 CPU Ray Train workers")
     checkpoint = run_demo_sft(run_dir, model_dir, steps=SFT_STEPS, reuse=True)

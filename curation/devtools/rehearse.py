@@ -61,6 +61,7 @@ from curation.engines.rehearsal import FaultRates as FaultRates
 from curation.engines.rehearsal import RehearsalConfig as RehearsalConfig
 from curation.engines.rehearsal import spawn_rehearsal_server as spawn_rehearsal_server
 from curation.engines.rehearsal import stop_rehearsal_server as stop_rehearsal_server
+from curation.store.runstore import resolve
 
 try:  # A fast JSON codec when the environment has one (vLLM brings msgspec); the stdlib otherwise.
     import msgspec.json as _msgspec_json
@@ -207,8 +208,6 @@ class PoolIndex:
         and credentials, as the run store reads it)."""
         import pyarrow.dataset as ds
         import pyarrow.fs as pafs
-
-        from curation.store.runstore import resolve
 
         path = str(path)  # never through Path: it folds the '//' of s3://bucket into one slash
         fs, root = resolve(path)

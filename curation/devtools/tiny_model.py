@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from curation.errors import UserError
 from curation.jobenv import nonempty_path
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -366,7 +367,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from curation.errors import UserError
 
     target = Path(args.dir)
     if target.exists() and not target.is_dir():

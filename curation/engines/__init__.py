@@ -45,10 +45,13 @@ from curation.engines.config import (
     VLLMEngineConfig,
 )
 from curation.engines.cost import CostEstimate, LiveProgress, estimate
-from curation.engines.ledger import Ledger
+from curation.engines.ledger import Ledger, loss_bound, node_wal_root
 from curation.engines.lifecycle import require_started, running
+from curation.engines.openai_engine import OpenAIRun, batch_size_for, generate
 from curation.engines.request import make_request, requests_table, response_row, responses_table
 from curation.engines.request_plan import RequestPlan, plan_requests, rekey
+from curation.engines.vllm_engine import generate as vllm_generate
+from curation.store.runstore import resolve
 
 if TYPE_CHECKING:
     import ray.data
@@ -79,8 +82,6 @@ def _as_requests_table(requests: Any) -> pa.Table:
 def block_rows(engine: Any, n_rows: int) -> int:
     """Rows per block: big enough for several async batches per task, small enough to feed every actor."""
     if engine.kind in ("openai", "rehearsal"):
-        from curation.engines.openai_engine import batch_size_for
-
         batch, workers = batch_size_for(engine), engine.actors
     else:
         batch, workers = engine.batch_size, engine.replicas
@@ -127,16 +128,12 @@ def _streamed_responses(
     if progress:
         _object_store_notice(engine, ledger_uri)
     if engine.kind == "openai":
-        from curation.engines.openai_engine import OpenAIRun, generate
-
         engine.api_key()  # fail before starting anything, naming the variable
         run = OpenAIRun(engine)
         if progress:
             _progress_lines(run, engine)
         return generate(ds, engine, ledger_uri, run=run, ledger_lookup=True), run
     if engine.kind == "vllm":
-        from curation.engines.vllm_engine import generate as vllm_generate
-
         return vllm_generate(ds, engine, ledger_uri, ledger_lookup=True), None
     raise ValueError(f"unknown engine kind {engine.kind!r}; known: openai, vllm")
 
@@ -203,8 +200,6 @@ def _object_store_notice(engine: Any, ledger_uri: str) -> None:
     lost node can make a rerun pay again at most (the bound; see `curation.engines.ledger.loss_bound`)."""
     if engine.kind != "openai" or not engine.write_ahead:
         return
-    from curation.engines.ledger import loss_bound, node_wal_root
-    from curation.store.runstore import resolve
 
     fs, _ = resolve(ledger_uri)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -263,12 +258,8 @@ def _engine_dataset(send: pa.Table, engine: Any, ledger_uri: str, run: Any) -> r
 
     ds = ray.data.from_arrow(_split_blocks(send, engine))
     if engine.kind == "openai":
-        from curation.engines.openai_engine import generate
-
         return generate(ds, engine, ledger_uri, run=run)
     if engine.kind == "vllm":
-        from curation.engines.vllm_engine import generate as vllm_generate
-
         return vllm_generate(ds, engine, ledger_uri)
     raise ValueError(f"unknown engine kind {engine.kind!r}; known: openai, vllm")
 
@@ -331,8 +322,6 @@ def run_requests(
 
     run = None
     if engine.kind == "openai":
-        from curation.engines.openai_engine import OpenAIRun
-
         engine.api_key()  # fail before starting anything, naming the variable
         run = OpenAIRun(engine)
     if progress:

@@ -8,10 +8,12 @@ import time
 from typing import Any
 
 from curation.jobenv import nonempty_path
+from curation.mesh.fetch import NLM_BASE, fetch_mesh
+from curation.mesh.matcher import MeshMatcher
+from curation.mesh.vocab import load_vocabulary
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from curation.mesh.fetch import NLM_BASE, fetch_mesh
 
     desc, qual = fetch_mesh(args.year, args.dir, base_url=args.base_url or NLM_BASE, force=args.force)
     if args.no_parse:
@@ -24,6 +26,7 @@ def _parse(args: argparse.Namespace) -> int:
 
 
 def _parse_files(desc: str, qual: str, out: str) -> int:
+    # deferred: lxml loads only for `m1 mesh parse|fetch`
     from curation.mesh.tables import parse_mesh
 
     started = time.perf_counter()
@@ -38,7 +41,6 @@ def _parse_files(desc: str, qual: str, out: str) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from curation.mesh.vocab import load_vocabulary
 
     vocab = load_vocabulary(args.dir)
     print(f"vocabulary: {vocab.label}")
@@ -55,8 +57,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from curation.mesh.matcher import MeshMatcher
-    from curation.mesh.vocab import load_vocabulary
 
     vocab = load_vocabulary(args.dir)
     matcher = MeshMatcher(vocab)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from curation.answers import extract_answer
+
 Rule = Literal["all_wrong", "pass_rate"]
 Decision = Literal["hard", "easy", "undecided"]
 OUTCOMES = ("correct", "wrong", "invalid", "error")
@@ -93,7 +95,6 @@ def judge_score(
     response: str | None, error: str | None, options: Mapping[str, str], answer_label: str
 ) -> tuple[str, str | None, str]:
     """One scorer sample -> (outcome, extracted label, how it was decided). Outcome: correct/wrong/invalid/error."""
-    from curation.answers import extract_answer
 
     if error is not None:
         return "error", None, error

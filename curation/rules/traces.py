@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from curation.answers import extract_answer, strip_think
+
 THINK_MARKER = "<|im_start|>think"
 ANSWER_MARKER = "<|im_start|>answer"
 # Qwen2.5's chat template adds this system turn when a conversation has none; m1's `text` field carries it.
@@ -33,7 +35,6 @@ def split_reasoning(text: str | None, reasoning: str | None) -> tuple[str | None
         return reasoning, text
     if text is None:
         return None, None
-    from curation.answers import strip_think
 
     return strip_think(text)
 
@@ -52,7 +53,6 @@ def judge_attempt(
     ``reasoning=None`` means the response carried no reasoning at all (no ``reasoning_content``, no think
     block): such a trace has nothing to distil, so it is ``no_reasoning`` even when its answer is right.
     """
-    from curation.answers import extract_answer
 
     if error is not None:
         return Judgement("error", None, error)

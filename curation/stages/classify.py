@@ -35,10 +35,14 @@ import pyarrow.compute as pc
 
 import schemas
 from curation.config import CurationConfig
-from curation.engines import running
+from curation.engines import run_requests, running
+from curation.engines.request import make_request, requests_table
 from curation.errors import UserError
+from curation.mesh.matcher import MeshMatcher
+from curation.mesh.vocab import OFFLINE_PACKAGE, load_vocabulary
 from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.mesh_cues import REASK_PROMPT, classification_prompt, parse_code
+from curation.stages.llm import engine_for
 
 STAGE = "classify"
 INPUT = "m23k"
@@ -241,8 +245,6 @@ class ClassifyRun:
 
     def ask_llm(self, cols: dict[str, list[Any]], prompts: list[str], kept: list[bool]) -> None:
         """Ask the LLM about every row (re-asking failures), then overwrite the offline label where it answered."""
-        from curation.engines import run_requests
-        from curation.engines.request import make_request, requests_table
 
         opts = self.opts
         keys = [f"{s}{KEY_SEP}{q}" for s, q in zip(cols["source"], cols["qid"], strict=True)]
@@ -327,8 +329,6 @@ class ClassifyStage(Stage):
         )
 
     def run(self, ctx: StageContext) -> StageResult:
-        from curation.mesh.matcher import MeshMatcher
-        from curation.mesh.vocab import load_vocabulary
 
         cfg, store, opts = ctx.config, ctx.store, ctx.config.classify
         if not store.has_table(INPUT):
@@ -352,8 +352,6 @@ class ClassifyStage(Stage):
         )
         engine = None
         if opts.method == "llm":
-            from curation.stages.llm import engine_for
-
             assert opts.engine is not None
             engine, job.model = engine_for(cfg, opts.engine, opts.model, where="classify")
 
@@ -406,8 +404,6 @@ def vocabulary_id(mesh_dir: str | None) -> Any:
     """What identifies the vocabulary for resume: the offline package's version, or the parsed folder's mesh.json."""
     if mesh_dir is None:
         from importlib import metadata
-
-        from curation.mesh.vocab import OFFLINE_PACKAGE
 
         try:
             return f"{OFFLINE_PACKAGE} {metadata.version(OFFLINE_PACKAGE)}"

@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.config import ConfigError, CurationConfig
+from curation.engines import block_rows
 
 
 def engine_for(cfg: CurationConfig, engine_name: str, model: str | None, *, where: str) -> tuple[Any, str]:
@@ -64,8 +65,6 @@ def question_dataset(
     import pyarrow.parquet as pq
     import ray
     import ray.data
-
-    from curation.engines import block_rows
 
     path = (
         store.path(rel)

@@ -21,7 +21,8 @@ import pyarrow as pa
 
 import schemas
 from curation.config import CurationConfig
-from curation.engines import running
+from curation.engines import run_requests, running, stream_requests
+from curation.engines.request import make_request, requests_table
 from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.difficulty import Tally, decide, judge_score, pass_rates_json
 from curation.stages.llm import (
@@ -41,7 +42,6 @@ KEY_SEP = "|"
 
 def scorer_requests(batch: pa.Table, scorer: Any, model: str, options: Any) -> pa.Table:
     """The requests of one scorer for a batch of questions: ``samples`` per question, keyed source|qid|scorer|k."""
-    from curation.engines.request import make_request, requests_table
 
     params: dict[str, Any] = {"temperature": scorer.temperature, "max_tokens": scorer.max_tokens}
     if scorer.top_p is not None:
@@ -186,7 +186,6 @@ class ScoreStage(Stage):
                 yield label, engine, pa.concat_tables(batches)
 
     def plan(self, ctx: StageContext) -> str:
-        from curation.engines import run_requests
 
         lines = []
         for label, engine, requests in self.requests_per_engine(ctx.config, ctx.store):
@@ -201,7 +200,6 @@ class ScoreStage(Stage):
         }
 
     def run(self, ctx: StageContext) -> StageResult:
-        from curation.engines import stream_requests
 
         cfg, store = ctx.config, ctx.store
         options = cfg.score

@@ -22,7 +22,8 @@ import pyarrow as pa
 
 import schemas
 from curation.config import CurationConfig
-from curation.engines import running
+from curation.engines import run_requests, running, stream_requests
+from curation.engines.request import make_request, requests_table
 from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.traces import judge_attempt, split_reasoning
 from curation.stages.llm import (
@@ -61,7 +62,6 @@ FROM (
 
 def attempt_requests(batch: pa.Table, attempt: int, model: str, options: Any) -> pa.Table:
     """Teacher requests for one attempt over a batch of questions, keyed source|qid|attempt."""
-    from curation.engines.request import make_request, requests_table
 
     params: dict[str, Any] = {"max_tokens": options.max_tokens}
     if options.temperature is not None:
@@ -155,7 +155,6 @@ class TeacherStage(Stage):
         return cfg.teacher.engine is not None
 
     def plan(self, ctx: StageContext) -> str:
-        from curation.engines import run_requests
 
         cfg, store = ctx.config, ctx.store
         assert cfg.teacher.engine is not None
@@ -258,7 +257,6 @@ class TeacherStage(Stage):
         options: Any,
     ) -> Iterator[pa.Table]:
         """Send one attempt for every hard question still without an accepted trace; yield the judged rows."""
-        from curation.engines import stream_requests
 
         def still_open() -> Iterator[pa.Table]:
             for batch in con.sql(_HARD_SQL).to_arrow_reader(self.batch_rows):

@@ -28,6 +28,7 @@ import duckdb
 import pyarrow as pa
 
 import schemas
+from curation.engines.ledger import Ledger
 from curation.errors import RunDirError
 from curation.store.runstore import RunStore
 
@@ -132,8 +133,6 @@ def create_views(
     else:
         _empty_table(con, "rejects", schemas.get("rejects").schema)
     names.append("rejects")
-
-    from curation.engines.ledger import Ledger
 
     ledger = Ledger(store.ledger_uri)
     ledger_data = ledger.dataset()

@@ -18,8 +18,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import schemas
 from curation.errors import UserError
 from curation.jobenv import nonempty_path
+from curation.store.runstore import RunStore
 
 FORMATS = ("parquet", "jsonl", "hf")
 
@@ -48,7 +50,6 @@ def _write_parquet(batches: Any, schema: pa.Schema, path: Path) -> int:
 
 
 def _card(table: str, run: str, schema: pa.Schema, rows: int) -> str:
-    import schemas
 
     docs = schemas.get(table).column_docs if table in schemas.REGISTRY else {}
     lines = [
@@ -74,7 +75,6 @@ def export_table(
     run_dir: str, table: str, fmt: str, out: str, *, overwrite: bool = False
 ) -> tuple[Path, int]:
     """Write ``table`` of run ``run_dir`` to ``out`` in ``fmt``; returns (path, rows)."""
-    from curation.store.runstore import RunStore
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from curation.errors import RunDirError
+from curation.jobenv import provenance
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -306,7 +307,6 @@ class RunStore:
 
     def commit(self, versions: Iterable[TableVersion], *, stage: dict[str, Any] | None = None) -> None:
         """Point the manifest at ``versions`` (and record ``stage``) in one atomic manifest write."""
-        from curation.jobenv import provenance
 
         tables = self.manifest.setdefault("tables", {})
         written_by = provenance()  # `m1 sft` and `m1 eval` commit tables too: each says which code wrote it
