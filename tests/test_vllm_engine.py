@@ -278,3 +278,36 @@ def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     again = {r["key"]: r for r in second.to_pylist()}
     assert all(r["cached"] for k, r in again.items() if k != "bad") and again["bad"]["error"]
     assert {k: r["text"] for k, r in again.items()} == {k: r["text"] for k, r in rows.items()}
+
+
+@pytest.mark.slow
+def test_a_cached_rerun_loads_no_engine(ray_local: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Every request in the ledger: map_requests serves them all and no replica loads vLLM.
+
+    The rerun's engine points at a model directory that does not exist: loading it would fail the run, so a
+    passing rerun proves no engine was loaded (request ids name the request's model, not the engine's path).
+    """
+    import ray.data
+
+    from curation.engines import map_requests
+
+    requests = [
+        make_request(f"k{i}", "tiny", prompt=f"Patient {i} has", temperature=0, max_tokens=4)
+        for i in range(6)
+    ]
+    table = requests_table(requests)
+    ledger_uri = str(tmp_path / "ledger")
+
+    def run(model: Path) -> pa.Table:
+        ds = ray.data.from_arrow([table.slice(i, 3) for i in range(0, table.num_rows, 3)])
+        return _collect(
+            map_requests(ds, _engine_cfg(model, batch_size=3), ledger_uri=ledger_uri, progress=False)
+        )
+
+    first = run(tiny_model_dir)
+    assert all(r["error"] is None and not r["cached"] for r in first.to_pylist())
+    second = run(tmp_path / "no-such-model")
+    assert second.num_rows == table.num_rows
+    assert all(r["cached"] and r["error"] is None for r in second.to_pylist())
+    by_key = {r["key"]: r["text"] for r in first.to_pylist()}
+    assert {r["key"]: r["text"] for r in second.to_pylist()} == by_key

@@ -130,29 +130,45 @@ class VLLMReplica:
         # Same-node replicas stop generating once the driver is gone (kill -9): nobody would read the rows.
         self.driver = driver if driver is not None and driver.same_node() else None
         self._set_environment()
-        from vllm import LLM, SamplingParams
-
         from curation.engines.ledger import Ledger
 
-        self._sampling_params = SamplingParams
-        kwargs: dict[str, Any] = {
-            "model": self.cfg.model,
-            "tensor_parallel_size": self.cfg.tensor_parallel_size,
-            "dtype": self.cfg.dtype,
-            "seed": self.cfg.seed,
-        }
-        if self.cfg.max_model_len is not None:
-            kwargs["max_model_len"] = self.cfg.max_model_len
-        kwargs.update(self.cfg.engine_kwargs)
-        started = time.perf_counter()
-        self.llm = LLM(**kwargs)
-        self.load_s = time.perf_counter() - started
+        # The engine loads on the first batch that has a row to send: a rerun whose every request the
+        # ledger answers never imports vLLM, reserves KV cache or reads the weights.
+        self._llm: Any = None
+        self._sampling_params: Any = None
+        self.load_s: float | None = None
         self.ledger = Ledger(ledger_uri) if ledger_uri else None
         self.front = None
         if ledger_lookup and ledger_uri:  # map_requests: answered ids come from the ledger, not the model
             from curation.engines.streaming import LedgerFront
 
             self.front = LedgerFront(ledger_uri)
+
+    @property
+    def llm(self) -> Any:
+        """The replica's ``vllm.LLM``, loaded on first use (seconds to minutes: weights, KV cache, warm-up)."""
+        if self._llm is None:
+            from vllm import LLM, SamplingParams
+
+            kwargs: dict[str, Any] = {
+                "model": self.cfg.model,
+                "tensor_parallel_size": self.cfg.tensor_parallel_size,
+                "dtype": self.cfg.dtype,
+                "seed": self.cfg.seed,
+            }
+            if self.cfg.max_model_len is not None:
+                kwargs["max_model_len"] = self.cfg.max_model_len
+            kwargs.update(self.cfg.engine_kwargs)
+            started = time.perf_counter()
+            self._llm = LLM(**kwargs)
+            self._sampling_params = SamplingParams
+            self.load_s = time.perf_counter() - started
+        return self._llm
+
+    @property
+    def loaded(self) -> bool:
+        """Whether this replica has loaded its engine (False for a replica that only served the ledger)."""
+        return self._llm is not None
 
     def _set_environment(self) -> None:
         # vllm reads its environment lazily, so setting it before the import configures this replica only.
@@ -193,6 +209,10 @@ class VLLMReplica:
         """Response rows for (index, request) pairs: grouped by kind and params, one vLLM call per group."""
         groups: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
         answered: list[tuple[int, dict[str, Any]]] = []
+        if indexed:
+            # Outside the per-group isolation: an engine that cannot load fails the batch, as it always did,
+            # instead of turning every row into an error row.
+            _ = self.llm
         for i, req in indexed:
             # Salted attempts of one prompt share sampling parameters: one group, one batched vLLM call.
             groups.setdefault((req["kind"], _sampling_group(req["params"])), []).append((i, req))
