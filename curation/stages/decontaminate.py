@@ -19,6 +19,7 @@ evaluation set removed.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -216,28 +217,32 @@ def block_task(
     opts: DecontaminateOptions,
     dirs: dict[str, str],
     cpus: float,
-) -> tuple[int, int, int, dict[str, int]]:
+) -> tuple[int, int, int, dict[str, int], dict[str, float]]:
     """Ray task: one block -> its Parquet part of each table (none where it has no rows; ``indexes`` arrive
-    from the object store). Returns (rows in, candidates, rejects, pool rows removed per eval set)."""
+    from the object store). Returns (rows in, candidates, rejects, pool rows removed per eval set, seconds per phase)."""
+    t0 = time.perf_counter()
     mh.set_threads(max(1, math.ceil(cpus)))
     with fs.open_input_file(block.file) as f:
         table = pq.ParquetFile(f).read_row_group(block.group).slice(block.offset, block.rows)
     kept = _kept_of(fs, dedup_path, block) if dedup_path is not None else None
+    t1 = time.perf_counter()
     pool_index = np.arange(block.start, block.start + block.rows, dtype=np.int64)
     cand, cont, rej = decontaminate_block(table, pool_index, kept, indexes, opts)
+    t2 = time.perf_counter()
     rows_in = block.rows if kept is None else int(kept.sum())
     for name, t in (("candidates", cand), ("contamination", cont), ("rejects/decontaminate", rej)):
         if t is not None and t.num_rows:
             _write_part(fs, f"{dirs[name]}/part-{part:05d}.parquet", t, name)
     per_set = removed_per_set([cont] if cont is not None else [])
-    return rows_in, cand.num_rows, rej.num_rows if rej is not None else 0, per_set
+    seconds = {"read": t1 - t0, "match": t2 - t1, "write": time.perf_counter() - t2}
+    return rows_in, cand.num_rows, rej.num_rows if rej is not None else 0, per_set, seconds
 
 
 def run_blocks(
     store: Any, indexes: list[EvalIndex], opts: DecontaminateOptions, resources: Resources
-) -> tuple[dict[str, Any], int, int, int, Counter[str], int]:
+) -> tuple[dict[str, Any], int, int, int, Counter[str], dict[str, Any]]:
     """The pool as Ray tasks, one per block; returns (versions by table, rows in, out, rejected, removed per
-    set, blocks)."""
+    set, {blocks, seconds per phase summed over the tasks})."""
     import ray
 
     fs = store.fs
@@ -256,8 +261,10 @@ def run_blocks(
     rows_in = rows_out = rejected = 0
     per_set: Counter[str] = Counter()
     written: Counter[str] = Counter()
-    for n_in, n_out, n_rej, removed in ray.get(refs):
+    task_seconds: Counter[str] = Counter()
+    for n_in, n_out, n_rej, removed, seconds in ray.get(refs):
         rows_in, rows_out, rejected = rows_in + n_in, rows_out + n_out, rejected + n_rej
+        task_seconds.update(seconds)
         per_set.update(removed)
         written.update(
             {"candidates": n_out, "rejects/decontaminate": n_rej, "contamination": sum(removed.values())}
@@ -267,7 +274,8 @@ def run_blocks(
         if not written[name]:  # an empty table is still a table: one file with the schema
             _write_part(fs, f"{dirs[name]}/part-00000.parquet", schemas.get(name).schema.empty_table(), name)
         versions[name] = store.adopt_table_dir(name, rel[name])
-    return versions, rows_in, rows_out, rejected, per_set, len(blocks)
+    info = {"blocks": len(blocks), "task_seconds": {k: round(v, 2) for k, v in task_seconds.items()}}
+    return versions, rows_in, rows_out, rejected, per_set, info
 
 
 class DecontaminateStage(Stage):
@@ -305,9 +313,7 @@ class DecontaminateStage(Stage):
             print(
                 f"[{STAGE}] as Ray work: {pool_rows:,} pool rows in blocks of <= {opts.batch_rows:,}; {resources}"
             )
-            versions, rows_in, rows_out, rejected, per_set, blocks = run_blocks(
-                store, indexes, opts, resources
-            )
+            versions, rows_in, rows_out, rejected, per_set, info = run_blocks(store, indexes, opts, resources)
             cand, cont, rej = (
                 versions["candidates"],
                 versions["contamination"],
@@ -316,7 +322,7 @@ class DecontaminateStage(Stage):
         else:
             mh.set_threads(opts.threads or cfg.ray.num_cpus)
             cand, cont, rej, rows_in, rows_out, per_set = self._run_in_driver(store, indexes, opts)
-            rejected, blocks = rej.rows, None
+            rejected, info = rej.rows, {}
         for s in opts.eval_sets:
             print(f"[{STAGE}] {s.name}: {per_set.get(s.name, 0):,} pool rows removed")
         return StageResult(
@@ -329,7 +335,7 @@ class DecontaminateStage(Stage):
                 "decontaminate": {
                     "removed_per_eval_set": {s.name: per_set.get(s.name, 0) for s in opts.eval_sets},
                     "executor": executor,
-                    **({"blocks": blocks} if blocks is not None else {}),
+                    **info,
                 }
             },
         )
