@@ -239,8 +239,10 @@ def decide_source(keys: pa.Table, source: SourceConfig, options: IngestOptions) 
     within = np.arange(offsets[-1]) - offsets[parents]
     if options.m1_shuffle:
         rng = new_shuffle_rng()
-        perms = [rng.permutation(int(k)) for k in counts]
-        flat = np.concatenate(perms).astype(np.int8) if perms else np.empty(0, dtype=np.int8)
+        # Filled in place: a list of one small array per row costs ~100 bytes a row of driver memory.
+        flat = np.empty(int(offsets[-1]), dtype=np.int8)
+        for i, k in enumerate(counts.tolist()):
+            flat[offsets[i] : offsets[i] + k] = rng.permutation(k)
     else:
         flat = within.astype(np.int8)
     new_answer = within[flat == answers[parents]]  # where each row's answer landed
@@ -533,7 +535,6 @@ class IngestStage(Stage):
         }
 
     def run(self, ctx: StageContext) -> StageResult:
-        import duckdb
         import ray
 
         cfg, store = ctx.config, ctx.store
@@ -542,7 +543,6 @@ class IngestStage(Stage):
         specs = plan_chunks(cfg.sources, cfg.ingest)
         clock.lap("plan")
         scratch = store.scratch_dir("ingest-staged")
-        local_tmp = tempfile.mkdtemp(prefix="m1-ingest-duckdb-")
         written: list[TableVersion] = []
         try:
             items = [{"spec": spec.to_json()} for spec in specs]
@@ -559,66 +559,25 @@ class IngestStage(Stage):
             ds.write_parquet(store.path(scratch), filesystem=store.fs, ray_remote_args=task_options)
             clock.lap("parse")
 
-            con = duckdb.connect()
-            con.execute(f"SET memory_limit='{self.duckdb_memory_limit}'")
-            con.execute(f"SET temp_directory='{local_tmp}'")
-            con.execute(f"SET threads={max(1, os.cpu_count() or 1)}")
-            self._register_staged(con, store, scratch)
-            source_order = pa.table(
-                {
-                    "source": [s.name for s in cfg.sources],
-                    "source_index": list(range(len(cfg.sources))),
-                    "split": [s.split for s in cfg.sources],
-                }
-            )
-            con.register("source_order", source_order)
-            errors = con.sql(
-                "SELECT s.detail FROM staged s JOIN source_order o USING (source) WHERE s.status = 'error' "
-                "ORDER BY o.source_index, s.file_index, s.pos LIMIT 1"
-            ).fetchall()
-            if errors:
-                raise IngestError(errors[0][0])
-
-            counts = Counts()
-            decisions = []
-            for source in cfg.sources:
-                keys = con.sql(
-                    f"SELECT {', '.join(KEY_COLUMNS)} FROM staged WHERE source = ? ORDER BY file_index, pos",
-                    params=[source.name],
-                ).to_arrow_table()
-                counts.add_input(source.name, keys.num_rows)
-                decisions.append(decide_source(_plain_strings(keys), source, cfg.ingest))
-            con.register("decisions", pa.concat_tables(decisions))
-            check_sources_yield(con, cfg.sources)
-            clock.lap("decide")
-
-            questions = store.write_table(
-                "questions",
-                (
-                    counts.count_questions(render_questions(_plain_strings(b), ingested_at))
-                    for b in _batches(con.sql(_QUESTIONS_SQL).to_arrow_reader(self.batch_rows))
-                ),
-            )
-            written.append(questions)
-            rejects = store.write_table(
-                "rejects/ingest",
-                (
-                    counts.count_rejects(reject_rows(b))
-                    for b in _batches(con.sql(_REJECTS_SQL).to_arrow_reader(self.batch_rows))
-                ),
-            )
-            written.append(rejects)
-            con.close()
-            counts.check()
-            clock.lap("write")
+            # The ordered pass holds per-row keys and decisions: it runs as one Ray task, not in the driver,
+            # so the driver stays flat however large the pool (the task's own memory is the stage's bound).
+            ordered = ray.remote(**{**task_options, "max_retries": 0})(ordered_pass)
+            try:
+                questions, rejects, counts, laps = ray.get(
+                    ordered.remote(
+                        store, scratch, cfg, ingested_at, self.duckdb_memory_limit, self.batch_rows
+                    )
+                )
+            except ray.exceptions.RayTaskError as exc:
+                raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+            written += [questions, rejects]
+            clock.laps.update(laps)
         except BaseException:
             # Nothing of a failed run stays behind: not the staged rows, not a half-written table version.
             _remove(store, scratch)
             for version in written:
                 _remove(store, version.path)
             raise
-        finally:
-            shutil.rmtree(local_tmp, ignore_errors=True)
         _remove(store, scratch)
         return StageResult(
             outputs=[questions, rejects],
@@ -643,6 +602,83 @@ class IngestStage(Stage):
             con.execute(f"CREATE VIEW staged AS SELECT * FROM read_parquet('{glob}')")
         else:
             con.register("staged", dataset)
+
+
+def ordered_pass(
+    store: Any,
+    scratch: str,
+    cfg: CurationConfig,
+    ingested_at: datetime,
+    duckdb_memory_limit: str,
+    batch_rows: int,
+) -> tuple[TableVersion, TableVersion, Counts, dict[str, float]]:
+    """Pass 2 of ingest, over the staged rows: per source the ordered rules (:func:`decide_source`), then the
+    ``questions`` and ``rejects/ingest`` versions written in source order. A failure removes what it wrote."""
+    import duckdb
+
+    clock = _Clock()
+    written: list[TableVersion] = []
+    local_tmp = tempfile.mkdtemp(prefix="m1-ingest-duckdb-")
+    try:
+        con = duckdb.connect()
+        con.execute(f"SET memory_limit='{duckdb_memory_limit}'")
+        con.execute(f"SET temp_directory='{local_tmp}'")
+        con.execute(f"SET threads={max(1, os.cpu_count() or 1)}")
+        IngestStage._register_staged(con, store, scratch)
+        source_order = pa.table(
+            {
+                "source": [s.name for s in cfg.sources],
+                "source_index": list(range(len(cfg.sources))),
+                "split": [s.split for s in cfg.sources],
+            }
+        )
+        con.register("source_order", source_order)
+        errors = con.sql(
+            "SELECT s.detail FROM staged s JOIN source_order o USING (source) WHERE s.status = 'error' "
+            "ORDER BY o.source_index, s.file_index, s.pos LIMIT 1"
+        ).fetchall()
+        if errors:
+            raise IngestError(errors[0][0])
+
+        counts = Counts()
+        decisions = []
+        for source in cfg.sources:
+            keys = con.sql(
+                f"SELECT {', '.join(KEY_COLUMNS)} FROM staged WHERE source = ? ORDER BY file_index, pos",
+                params=[source.name],
+            ).to_arrow_table()
+            counts.add_input(source.name, keys.num_rows)
+            decisions.append(decide_source(_plain_strings(keys), source, cfg.ingest))
+        con.register("decisions", pa.concat_tables(decisions))
+        check_sources_yield(con, cfg.sources)
+        clock.lap("decide")
+
+        questions = store.write_table(
+            "questions",
+            (
+                counts.count_questions(render_questions(_plain_strings(b), ingested_at))
+                for b in _batches(con.sql(_QUESTIONS_SQL).to_arrow_reader(batch_rows))
+            ),
+        )
+        written.append(questions)
+        rejects = store.write_table(
+            "rejects/ingest",
+            (
+                counts.count_rejects(reject_rows(b))
+                for b in _batches(con.sql(_REJECTS_SQL).to_arrow_reader(batch_rows))
+            ),
+        )
+        written.append(rejects)
+        con.close()
+        counts.check()
+        clock.lap("write")
+        return questions, rejects, counts, clock.laps
+    except BaseException:
+        for version in written:
+            _remove(store, version.path)
+        raise
+    finally:
+        shutil.rmtree(local_tmp, ignore_errors=True)
 
 
 def check_sources_yield(con: Any, sources: Sequence[SourceConfig]) -> None:
