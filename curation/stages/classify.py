@@ -25,6 +25,7 @@ Outputs: ``labels`` (one row per (source, qid) of ``m23k``), ``rejects/classify`
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from curation.mesh.matcher import MeshMatcher
 from curation.mesh.vocab import OFFLINE_PACKAGE, load_vocabulary
 from curation.pipeline import Stage, StageContext, StageResult
 from curation.rules.mesh_cues import REASK_PROMPT, classification_prompt, parse_code
-from curation.stages.llm import engine_for
+from curation.stages.llm import attach, bounded_duckdb, engine_for
 
 STAGE = "classify"
 INPUT = "m23k"
@@ -182,6 +183,9 @@ class ClassifyRun:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     by_reason: dict[str, int] = field(default_factory=dict)
     seen: set[tuple[str, str]] = field(default_factory=set)
+    # (source, qid) keys m23k holds more than once (found before the pass, usually none): only these are
+    # remembered while the batches stream, so the driver's state does not grow with the table. None: all.
+    repeated: set[tuple[str, str]] | None = None
     gold: dict[str, list[Any]] = field(default_factory=lambda: {"found": [], "gold": [], "domain": []})
 
     def reject(self, source: str, qid: str, reason: str, detail: str, raw: str | None) -> None:
@@ -206,7 +210,9 @@ class ClassifyRun:
         self.counts["rows_in"] += batch.num_rows
         keep = []
         for i, (s, q) in enumerate(zip(sources, qids, strict=True)):
-            if (s, q) in self.seen:
+            if self.repeated is not None and (s, q) not in self.repeated:
+                keep.append(i)
+            elif (s, q) in self.seen:
                 self.reject(s, q, "duplicate_key", f"({s}, {q}) appears more than once in {INPUT}", None)
             else:
                 self.seen.add((s, q))
@@ -345,6 +351,7 @@ class ClassifyStage(Stage):
             qualifiers=vocab.qualifier_rows(),
             names=vocab.qualifier_names,
             ledger_uri=store.ledger_uri,
+            repeated=repeated_keys(store),
         )
         print(
             f"[{STAGE}] {opts.method}: {len(job.names)} qualifiers, {len(vocab.descriptor_uis):,} descriptors "
@@ -370,13 +377,16 @@ class ClassifyStage(Stage):
         )
         code_table = store.write_table("mesh_qualifiers", vocab.qualifiers)
         details: dict[str, Any] = {"classify_vocabulary": vocab.label}
-        domains = store.dataset_at(written.path).to_table(columns=["domain_name"]).column("domain_name")
-        top = pc.value_counts(domains).to_pylist() if written.rows else []
-        top = sorted(top, key=lambda d: -d["counts"])[:8]
-        details["classify_domains"] = len(pc.unique(domains)) if written.rows else 0
+        per_domain: Counter[str] = Counter()
+        for batch in store.dataset_at(written.path).to_batches(columns=["domain_name"]):
+            per_domain.update(
+                {d["values"]: d["counts"] for d in pc.value_counts(batch.column(0)).to_pylist()}
+            )
+        top = sorted(per_domain.items(), key=lambda d: -d[1])[:8]
+        details["classify_domains"] = len(per_domain)
         print(
             f"[{STAGE}] {written.rows:,} labelled, {details['classify_domains']} domains; top: "
-            + ", ".join(f"{d['values']} {d['counts']:,}" for d in top)
+            + ", ".join(f"{name} {count:,}" for name, count in top)
         )
         agreement = mesh_agreement(job.gold["found"], job.gold["gold"], job.gold["domain"])
         if agreement is not None:
@@ -398,6 +408,17 @@ class ClassifyStage(Stage):
             rejected_by_reason=dict(sorted(job.by_reason.items())),
             details=details,
         )
+
+
+def repeated_keys(store: Any) -> set[tuple[str, str]]:
+    """The (source, qid) keys that m23k holds more than once (DuckDB, memory capped: not the table)."""
+    con = bounded_duckdb(store, STAGE)
+    try:
+        attach(con, "m23k", store.dataset(INPUT))
+        rows = con.execute("SELECT source, qid FROM m23k GROUP BY source, qid HAVING count(*) > 1").fetchall()
+    finally:
+        con.close()
+    return {(s, q) for s, q in rows}
 
 
 def vocabulary_id(mesh_dir: str | None) -> Any:
