@@ -33,7 +33,9 @@ from curation import __version__
 from curation.config import ConfigError, CurationConfig, redacted, scrub_secrets, stable_hash
 from curation.errors import RunConflictError, UserError
 from curation.jobenv import portable_paths, provenance
+from curation.readers import HF_PREFIX, IngestError, fingerprint, parse_hf_path
 from curation.rundir import run_exit_cleanups
+from curation.stages import PIPELINE
 from curation.store.runstore import RunStore, TableVersion, utc_now
 
 
@@ -310,8 +312,6 @@ def _built_on(name: str, records: dict[str, dict[str, Any]]) -> dict[str, list[s
     """
     complete = {n: r for n, r in records.items() if r.get("status") == "complete"}
     if any("input_tables" not in r for r in complete.values()):
-        from curation.stages import PIPELINE
-
         order = [n for n, _ in PIPELINE]
         later = order[order.index(name) + 1 :] if name in order else []
         return {n: sorted(complete[n].get("outputs", {})) for n in later if n in complete}
@@ -487,8 +487,6 @@ def config_hash(cfg: CurationConfig) -> str:
 
     The same files under another folder give the same hash; an unreadable path falls back to the path itself.
     """
-    from curation.readers import HF_PREFIX, IngestError, fingerprint, parse_hf_path
-
     data = redacted(cfg)
     for src in data.get("sources", []):
         path = src.get("path", "")
@@ -522,7 +520,5 @@ def format_funnel(records: Sequence[dict[str, Any]]) -> str:
 
 def _pipeline_position(name: str) -> int | None:
     """The stage's index in the pipeline's order (None for a stage outside the registry, e.g. in tests)."""
-    from curation.stages import PIPELINE
-
     order = [n for n, _ in PIPELINE]
     return order.index(name) if name in order else None

@@ -44,6 +44,7 @@ from curation.config import DedupOptions
 from curation.rules import minhash as mh
 from curation.rules.dedup import EXACT, NEAR, decide
 from curation.rules.similarity import comparison_texts, verify_pairs
+from curation.store.runstore import row_group_rows
 
 STAGE = "dedup"
 RETRIES = 3
@@ -263,8 +264,6 @@ def write_task(
 ) -> tuple[int, int, dict[str, int]]:
     """Round 8b: this block's rows of ``dedup`` (every row) and ``rejects/dedup`` (the dropped ones) as Parquet
     parts; returns (rows, kept, rejects by reason)."""
-    from curation.store.runstore import row_group_rows
-
     ids = read_block(fs, block, ["source", "qid", "source_id", "metadata"])
     n = block.rows
     local = decided["rows"] - block.start
@@ -347,11 +346,13 @@ def write_task(
     return n, int((~has).sum()), dict(reasons)
 
 
-def _write_part(fs: Any, path: str, table: pa.Table, schema: pa.Schema, row_group_rows: Any) -> None:
+def _write_part(
+    fs: Any, path: str, table: pa.Table, schema: pa.Schema, group_rows: Any = row_group_rows
+) -> None:
     stream = fs.open_output_stream(path)
     try:
         with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
-            writer.write_table(table, row_group_size=row_group_rows(table))
+            writer.write_table(table, row_group_size=group_rows(table))
     finally:
         stream.close()  # the writer does not own the stream: a failed upload must raise here
 
@@ -416,7 +417,7 @@ def run_dedup(
 ) -> tuple[Any, Any, dict[str, Any], int, int, dict[str, int]]:
     """Dedup of the run's questions table as Ray work; writes the new versions of ``dedup`` and
     ``rejects/dedup``. Returns (dedup version, rejects version, details, rows, kept, rejects by reason)."""
-    import ray
+    import ray  # deferred: Ray's start-up cost, for the modules that import this one without running it
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

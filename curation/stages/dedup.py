@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 import schemas
 from curation.config import CurationConfig, DedupOptions, MinHashOptions
+from curation.distributed.dedup import run_dedup
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules import minhash as mh
 from curation.rules.dedup import EXACT, NEAR, decide, exact_representatives
@@ -67,8 +68,6 @@ class DedupStage(Stage):
         cfg, store = ctx.config, ctx.store
         opts = cfg.dedup
         if use_ray(opts, store.tables()["questions"]["rows"]):
-            from curation.distributed.dedup import run_dedup
-
             version, rej, details, n, kept_n, by_reason = run_dedup(
                 store, opts, ctx.resources or self.resources, log=print
             )
