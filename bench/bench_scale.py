@@ -91,7 +91,9 @@ def write_config(path: Path, pool: Path, executor: str) -> None:
         json.dumps(
             {
                 "name": "scale",
-                "sources": [{"name": "medmcqa", "format": "medmcqa", "path": str(pool), "split": "train"}],
+                "sources": [
+                    {"name": "medmcqa", "format": "medmcqa", "path": str(pool / "rows"), "split": "train"}
+                ],
                 "ray": {"num_cpus": 2},
                 "dedup": {"text": "question", "executor": executor},
                 "decontaminate": {

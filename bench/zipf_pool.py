@@ -7,7 +7,8 @@ earlier rows of the same shard (question words replaced at random until the word
 original would fall below a target drawn from 0.5-0.97; at least one word, so a near copy is never identical).
 Edits are single alphanumeric words, so the dedup's tokenizer (runs of letters and digits) sees the same shingles
 as the truth's whitespace split. Each shard depends only on (seed, shard), so shards are
-made by separate processes and the pool is the same whatever the process count. ``truth.parquet`` records every
+made by separate processes and the pool is the same whatever the process count. The pool's files are under
+``rows/`` (the folder a source names); ``truth.parquet`` and ``eval.jsonl`` sit beside it. ``truth.parquet`` records every
 copy: its id, kind, the id it copies, and the true Jaccard of the question's word 5-shingles.
 
     .venv/bin/python bench/zipf_pool.py --rows 10000000 --out /tmp/m1-scale/pool-10000000 [--procs 2]
@@ -46,7 +47,7 @@ def make_shard(args: tuple[Path, int, int, int, int]) -> dict:
     cop = rng.integers(0, 4, size=rows)
     base: list[dict] = []
     truth: dict[str, list] = {"id": [], "kind": [], "of": [], "jaccard": []}
-    path = out_dir / f"medmcqa-{shard:05d}.jsonl"
+    path = out_dir / "rows" / f"medmcqa-{shard:05d}.jsonl"
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as f:
         for i in range(start, start + rows):
@@ -113,7 +114,7 @@ def make_pool(rows: int, out_dir: Path, *, seed: int = 0, procs: int = 2) -> Pat
     questions with their options rotated) under ``out_dir``; cached (a ``ready`` marker)."""
     if (out_dir / "ready").exists():
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "rows").mkdir(parents=True, exist_ok=True)  # the pool's files alone: a source reads the folder
     shards = [
         (out_dir, seed, s, start, min(SHARD_ROWS, rows - start))
         for s, start in enumerate(range(0, rows, SHARD_ROWS))
