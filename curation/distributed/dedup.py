@@ -469,7 +469,7 @@ def run_dedup(
             for p in range(parts.buckets)
         ]
         del block_refs
-        capped = sum(ray.get([out[-1] for out in bucket_outs]))
+        capped_refs = [out[-1] for out in bucket_outs]
         pr = remote(pairs_task).options(num_returns=2, name="dedup.pairs")
         pair_refs = [pr.remote(n, *[out[v] for out in bucket_outs]) for v in range(parts.verify)]
         del bucket_outs
@@ -483,11 +483,12 @@ def run_dedup(
             vf.remote(opts, cpus, pair_refs[v][0], pair_refs[v][1], *[t[v] for t in text_refs])
             for v in range(parts.verify)
         ]
+        capped = sum(ray.get(capped_refs))  # after the later rounds are queued: they start as inputs arrive
         got = ray.get([r for refs in verify_refs for r in refs])
         verified = np.concatenate([got[3 * v] for v in range(parts.verify)])
         sims = np.concatenate([got[3 * v + 1] for v in range(parts.verify)])
         n_candidates = sum(got[3 * v + 2] for v in range(parts.verify))
-        del pair_refs, text_refs, verify_refs, got
+        del pair_refs, text_refs, verify_refs, got, capped_refs
     else:
         del block_refs
     copies = np.concatenate(ray.get(copy_refs)) if copy_refs else np.empty((0, 2), np.int64)
