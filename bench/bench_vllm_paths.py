@@ -66,6 +66,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 PATHS = ("bare", "engine", "ray.data.llm")
+OPTIONAL_PATHS = ("engine-inproc",)
 
 
 # --- workload -----------------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"max_model_len": args.max_model_len, "dtype": "auto", "seed": 0}
     if not args.compile:
         kwargs["enforce_eager"] = True
+    kwargs.update(json.loads(args.engine_kwargs or "{}"))
     return kwargs
 
 
@@ -191,7 +193,8 @@ def run_bare_child(args: argparse.Namespace, model: str, messages_file: Path) ->
         str(messages_file),
     ]
     child += ["--max-tokens", str(args.max_tokens), "--max-model-len", str(args.max_model_len)]
-    child += ["--kv-gib", str(args.kv_gib)] + (["--compile"] if args.compile else [])
+    child += ["--kv-gib", str(args.kv_gib), "--engine-kwargs", args.engine_kwargs]
+    child += ["--compile"] if args.compile else []
     started = time.perf_counter()
     proc = subprocess.run(child, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BARE_RESULT ")]
@@ -202,8 +205,14 @@ def run_bare_child(args: argparse.Namespace, model: str, messages_file: Path) ->
     return result
 
 
-def run_engine(args: argparse.Namespace, model: str, messages: list[Any]) -> dict[str, Any]:
-    """The project's engine: map_requests over a fresh ledger, one replica holding all the CPUs."""
+def run_engine(
+    args: argparse.Namespace, model: str, messages: list[Any], *, core_process: bool = True
+) -> dict[str, Any]:
+    """The project's engine: map_requests over a fresh ledger, one replica holding all the CPUs.
+
+    ``core_process`` is the engine's ``engine_core_process`` (default on: vLLM's engine core in a child
+    process of the replica, as ray.data.llm's async engine runs it); ``engine-inproc`` runs it off, the
+    engine's setting before issue 18 (the engine core in the actor's own process)."""
     import pyarrow as pa
     import ray
     import ray.data
@@ -224,6 +233,7 @@ def run_engine(args: argparse.Namespace, model: str, messages: list[Any]) -> dic
         seed=kwargs.pop("seed"),
         cpu_kvcache_space_gib=args.kv_gib,
         engine_kwargs=kwargs,
+        engine_core_process=core_process,
     )
     table = requests_table(requests)
     with tempfile.TemporaryDirectory(prefix="m1bench-ledger-") as ledger_uri:
@@ -361,7 +371,15 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE on every path")
     parser.add_argument("--compile", action="store_true", help="let vLLM compile (default: enforce_eager)")
-    parser.add_argument("--paths", default=",".join(PATHS), help="comma list of: " + ", ".join(PATHS))
+    parser.add_argument(
+        "--paths", default=",".join(PATHS), help="comma list of: " + ", ".join(PATHS + OPTIONAL_PATHS)
+    )
+    parser.add_argument(
+        "--engine-kwargs",
+        default="{}",
+        help="JSON of extra vLLM engine arguments for every path, e.g. "
+        '\'{"max_num_seqs": 128, "max_num_batched_tokens": 2048}\' (the async engine\'s CPU defaults)',
+    )
     parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--messages-file", help=argparse.SUPPRESS)
@@ -399,6 +417,8 @@ def main() -> None:
                         r = run_bare_child(args, str(model), messages_file)
                     elif path == "engine":
                         r = run_engine(args, str(model), messages)
+                    elif path == "engine-inproc":
+                        r = run_engine(args, str(model), messages, core_process=False)
                     else:
                         r = run_ray_data_llm(args, str(model), messages)
                     rounds[path].append(r)
@@ -444,6 +464,7 @@ def main() -> None:
                 "rounds": args.rounds,
                 "cpus": os.cpu_count(),
                 "eager": not args.compile,
+                "engine_kwargs": json.loads(args.engine_kwargs),
                 "models": results,
             }
         )
