@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from curation.config import DedupOptions
+from curation.distributed.blocks import Block, pool_blocks, read_block
 from curation.rules import minhash as mh
 from curation.rules.dedup import EXACT, NEAR, decide
 from curation.rules.similarity import comparison_texts, verify_pairs
@@ -51,40 +52,6 @@ RETRIES = 3
 # Test hook: a path; the first ``buckets`` task to find no file there creates it and kills its own worker
 # process, so a test can check that the stage survives a worker lost in the middle of the shuffle.
 KILL_ONCE_ENV = "M1_DEDUP_KILL_WORKER_ONCE"
-
-
-@dataclass(frozen=True)
-class Block:
-    """Rows ``start .. start + rows`` of the pool: ``rows`` rows of row group ``group`` of ``file`` from
-    ``offset`` on."""
-
-    file: str
-    group: int
-    offset: int
-    start: int
-    rows: int
-
-
-def pool_blocks(fs: Any, files: list[str], max_rows: int) -> list[Block]:
-    """The pool's blocks in order, at most ``max_rows`` rows each (from Parquet footers only)."""
-    blocks: list[Block] = []
-    start = 0
-    for file in files:
-        with fs.open_input_file(file) as f:
-            meta = pq.ParquetFile(f).metadata
-        for group in range(meta.num_row_groups):
-            rows = meta.row_group(group).num_rows
-            for offset in range(0, rows, max_rows):
-                take = min(max_rows, rows - offset)
-                blocks.append(Block(file, group, offset, start, take))
-                start += take
-    return blocks
-
-
-def read_block(fs: Any, block: Block, columns: list[str]) -> pa.Table:
-    with fs.open_input_file(block.file) as f:
-        table = pq.ParquetFile(f).read_row_group(block.group, columns=columns)
-    return table.slice(block.offset, block.rows)
 
 
 def text_columns(opts: DedupOptions) -> list[str]:

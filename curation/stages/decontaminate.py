@@ -22,7 +22,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +32,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from curation.config import CurationConfig, DecontaminateOptions, IngestOptions
+from curation.distributed.blocks import Block, pool_blocks
 from curation.errors import UserError
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.readers import fingerprint
@@ -150,33 +150,6 @@ def decontaminate_block(
 
 
 # ---------------------------------------------------------------------------------------------- Ray work
-
-
-@dataclass(frozen=True)
-class Block:
-    """Pool rows ``start .. start + rows``: ``rows`` rows of row group ``group`` of ``file`` from ``offset`` on."""
-
-    file: str
-    group: int
-    offset: int
-    start: int
-    rows: int
-
-
-def pool_blocks(fs: Any, files: list[str], max_rows: int) -> list[Block]:
-    """The pool's blocks in order, at most ``max_rows`` rows each (read from Parquet footers only)."""
-    blocks: list[Block] = []
-    start = 0
-    for file in files:
-        with fs.open_input_file(file) as f:
-            meta = pq.ParquetFile(f).metadata
-        for group in range(meta.num_row_groups):
-            rows = meta.row_group(group).num_rows
-            for offset in range(0, rows, max_rows):
-                take = min(max_rows, rows - offset)
-                blocks.append(Block(file, group, offset, start, take))
-                start += take
-    return blocks
 
 
 def _kept_of(fs: Any, dedup_path: str, block: Block) -> np.ndarray:
