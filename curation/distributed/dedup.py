@@ -101,11 +101,11 @@ def signatures_task(
             np.repeat(np.arange(n_bands, dtype=np.uint64), len(r)) << np.uint64(mh.BAND_SHIFT)
         ) | np.tile(r.astype(np.uint64), n_bands)
         if opts.measure == "ratio":
-            lengths = pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+            lengths = pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False).astype(np.int32)
             lens = np.tile(lengths[has], n_bands)
-        else:
-            lens = np.zeros(len(hashes), np.int64)
-        out += _split((hashes % np.uint64(n_buckets)).astype(np.int64), n_buckets, hashes, keys_b, lens)
+            out += _split((hashes % np.uint64(n_buckets)).astype(np.int64), n_buckets, hashes, keys_b, lens)
+        else:  # only fuzz.ratio's length bound needs the lengths: 16 bytes a record instead of 20
+            out += _split((hashes % np.uint64(n_buckets)).astype(np.int64), n_buckets, hashes, keys_b)
     return tuple(out) if len(out) > 1 else out[0]
 
 
@@ -144,19 +144,21 @@ def buckets_task(
     copies = np.sort(np.concatenate([c[:, 0] for c in copy_parts])) if copy_parts else np.empty(0, np.int64)
     hashes = np.concatenate([r[0] for r in records])
     keys = np.concatenate([r[1] for r in records])
-    lengths = np.concatenate([r[2] for r in records])
+    ratio = opts.measure == "ratio"
+    lengths = np.concatenate([r[2] for r in records]) if ratio else None
     if len(copies):
         rows = (keys & np.uint64((1 << mh.BAND_SHIFT) - 1)).astype(np.int64)
         pos = np.searchsorted(copies, rows)
         is_copy = (pos < len(copies)) & (copies[np.minimum(pos, len(copies) - 1)] == rows)
         keep = ~is_copy
-        hashes, keys, lengths = hashes[keep], keys[keep], lengths[keep]
+        hashes, keys = hashes[keep], keys[keep]
+        lengths = lengths[keep] if lengths is not None else None
     pairs, capped = mh.bucket_pairs(
         hashes,
         keys,
         lengths=lengths,
         max_bucket=opts.minhash.max_bucket,
-        ratio_cutoff=opts.threshold if opts.measure == "ratio" else None,
+        ratio_cutoff=opts.threshold if ratio else None,
     )
     n_verify = len(verify_bounds) - 1
     part = np.searchsorted(verify_bounds, pairs[:, 0], side="right") - 1
