@@ -167,6 +167,15 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/m1-scale"))
     ap.add_argument("--keep", action="store_true", help="keep both run dirs")
+    ap.add_argument(
+        "--cpus-per-node",
+        type=int,
+        default=1,
+        help="CPUs of each node (decontaminate's Ray tasks ask for 2: with 1 they never get a node)",
+    )
+    ap.add_argument(
+        "--one-node-run", type=Path, help="compare with this finished single-node run, not a fresh one"
+    )
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     pool = make_pool(args.rows, args.workdir / f"pool-{args.rows}")
@@ -175,9 +184,13 @@ def main() -> int:
     runs = Path(tempfile.mkdtemp(prefix=f"cluster-{args.rows}-", dir=args.workdir))
     one, two = runs / "one-node", runs / "two-nodes"
 
-    local = run_local(cfg, one)
+    if args.one_node_run:
+        one = args.one_node_run
+        local = {"command_s": None, "stages_s": stage_walls(one)}
+    else:
+        local = run_local(cfg, one)
     print("1 node  " + json.dumps(local), flush=True)
-    with LocalCluster(workers=1, cpus=1) as cluster:
+    with LocalCluster(workers=1, cpus=args.cpus_per_node) as cluster:
         job = run_job(cluster, cfg, two)
         print("2 nodes " + json.dumps(job), flush=True)
         tasks = placement(cluster)
@@ -193,7 +206,7 @@ def main() -> int:
     print(f"\n{args.rows:,} rows; stage seconds (1 node: local Ray, 2 CPUs; 2 nodes: job, 1 CPU each)")
     for stage in ("ingest", "dedup", "decontaminate"):
         print(f"  {stage:<14}{local['stages_s'][stage]:>8}{job['stages_s'][stage]:>8}")
-    print(f"  {'command':<14}{local['command_s']:>8}{job['command_s']:>8}")
+    print(f"  {'command':<14}{local['command_s']!s:>8}{job['command_s']:>8}")
     print("tables (rows, sum of row hashes): " + ("identical" if all(same.values()) else "DIFFERENT"))
     for name in TABLES:
         print(
@@ -218,7 +231,7 @@ def main() -> int:
         )
     )
     if not args.keep:
-        subprocess.run(["rm", "-rf", str(runs)], check=False)
+        subprocess.run(["rm", "-rf", str(two if args.one_node_run else runs)], check=False)
     return 0 if all(same.values()) and shared else 1
 
 
