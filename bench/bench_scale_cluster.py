@@ -10,8 +10,10 @@ decontamination against the pool's 5,000-question eval set; ``ray.num_cpus: 2`` 
 - **1 node**: `m1 curate CONFIG --stages ingest,dedup,decontaminate` in a fresh process with its own local Ray
   (2 CPUs);
 - **2 nodes**: the same command submitted with cluster/submit.sh (`ray job submit`) to a head plus one worker node
-  started by cluster/start-node.sh (curation/devtools/local_cluster.py), 1 CPU each, into a run dir under
-  --workdir that both nodes reach.
+  started by cluster/start-node.sh (curation/devtools/local_cluster.py), --cpus-per-node CPUs each (1 by
+  default), into a run dir under --workdir that both nodes reach. With 1 CPU a node, decontamination's Ray tasks
+  (2 CPUs each) never get a node and the job waits forever (seen at 1M rows): use ``--cpus-per-node 2`` for the
+  whole pipeline. ``--one-node-run DIR`` compares against a finished single-node run instead of making one.
 
 Checks: the ``dedup``, ``rejects/dedup``, ``contamination`` and ``candidates`` tables of the two runs hold the same
 rows: per table the row count and the sum of DuckDB's ``hash`` of each row rendered as text (order-free, so
