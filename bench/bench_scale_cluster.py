@@ -205,7 +205,9 @@ def main() -> int:
             dedup_tasks.update(per_node)
     shared = dedup_tasks.get("head", 0) > 0 and dedup_tasks.get("worker", 0) > 0
 
-    print(f"\n{args.rows:,} rows; stage seconds (1 node: local Ray, 2 CPUs; 2 nodes: job, 1 CPU each)")
+    print(
+        f"\n{args.rows:,} rows; stage seconds (1 node: local Ray, 2 CPUs; 2 nodes: job, {args.cpus_per_node} CPU(s) each)"
+    )
     for stage in ("ingest", "dedup", "decontaminate"):
         print(f"  {stage:<14}{local['stages_s'][stage]:>8}{job['stages_s'][stage]:>8}")
     print(f"  {'command':<14}{local['command_s']!s:>8}{job['command_s']:>8}")
