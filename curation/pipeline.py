@@ -367,6 +367,41 @@ def stage_resources(stages: Sequence[Stage], cfg: CurationConfig) -> dict[str, R
     return out
 
 
+def largest_node() -> dict[str, float]:
+    """The CPUs, GPUs and memory (GiB) of the largest alive node of the connected Ray cluster, each on its own."""
+    import ray  # deferred: Ray's start-up cost (the runner's callers import this module without a cluster)
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    return {
+        "cpus": max((n.get("CPU", 0.0) for n in nodes), default=0.0),
+        "gpus": max((n.get("GPU", 0.0) for n in nodes), default=0.0),
+        "memory_gib": max((n.get("memory", 0.0) for n in nodes), default=0.0) / 2**30,
+    }
+
+
+def warn_unfit(stage: str, resources: Resources | None, log: Any) -> None:
+    """Say so, loudly, when no node of the cluster as it stands can take one of the stage's tasks: Ray would leave
+    them waiting without an error (an autoscaler may still add a node that fits, so this is not an error)."""
+    if resources is None:
+        return
+    have = largest_node()
+    short = [
+        f"{key} {want:g} (largest node: {have[key]:g})"
+        for key, want in (
+            ("cpus", resources.cpus),
+            ("gpus", resources.gpus),
+            ("memory_gib", resources.memory_gib),
+        )
+        if want and want > have[key] + 1e-9
+    ]
+    if short:
+        log(
+            f"[{stage}] WARNING: each Ray task of this stage asks for {', '.join(short)}; no node of the cluster "
+            f"can run one now, so the stage waits until one that can joins. Lower it with resources.{stage} in "
+            "the config (e.g. resources: {" + stage + ": {cpus: 1}}) or add a larger node"
+        )
+
+
 def run_stages(
     stages: Sequence[Stage],
     cfg: CurationConfig,
@@ -422,6 +457,7 @@ def run_stages(
             why = f"the files of {', '.join(lost)} are gone" if lost else "its input tables were replaced"
             log(f"[{stage.name}] {why} since it ran; rerunning")
         ensure_ray(cfg)
+        warn_unfit(stage.name, resources_by_stage[stage.name], log)
         if dry_run and (planning or stage.sends_requests):
             planning = True
             log(

@@ -225,3 +225,19 @@ def test_stage_resources_apply_the_config_override_and_refuse_what_would_be_igno
         stage_resources(stages, CurationConfig.model_validate({**base, "resources": {"score": {"cpus": 1}}}))
     with pytest.raises(Exception, match="greater than 0"):
         CurationConfig.model_validate({**base, "resources": {"dedup": {"cpus": 0}}})
+
+
+def test_a_stage_no_node_can_run_is_reported_not_left_to_hang(ray_local):
+    from curation.pipeline import Resources, largest_node, warn_unfit
+
+    have = largest_node()
+    assert have["cpus"] == 2 and have["memory_gib"] > 0  # the session's local Ray (tests/conftest.py)
+    lines: list[str] = []
+    warn_unfit("decontaminate", Resources(cpus=1.0, memory_gib=0.5), lines.append)
+    assert lines == []  # fits
+    warn_unfit("decontaminate", Resources(cpus=3.0, gpus=1.0), lines.append)
+    assert len(lines) == 1
+    assert "cpus 3 (largest node: 2)" in lines[0] and "gpus 1 (largest node: 0)" in lines[0]
+    assert "resources.decontaminate" in lines[0]
+    warn_unfit("score", None, lines.append)  # launches no Ray work of its own
+    assert len(lines) == 1

@@ -258,8 +258,9 @@ class DecontaminateStage(Stage):
     inputs: ClassVar[tuple[str, ...]] = ("questions", "dedup")
     outputs: ClassVar[tuple[str, ...]] = ("contamination", "candidates", "rejects/decontaminate")
     # Per Ray task (one block): the eval indexes (mapped from the object store), one block of questions rows and
-    # its matching state; threads = cpus (the n-gram and MinHash kernels).
-    resources: ClassVar[Resources] = Resources(cpus=2.0, memory_gib=2.0)
+    # its matching state; threads = cpus (the n-gram and MinHash kernels). One CPU, so that a task fits any node
+    # (2 left every task waiting forever on a cluster of 1-CPU nodes); resources.decontaminate raises it.
+    resources: ClassVar[Resources] = Resources(cpus=1.0, memory_gib=2.0)
     # Pools (questions rows) from this size on run as Ray tasks, smaller ones in the driver (same tables): the
     # Ray round's fixed cost (task start, index transfer: a few seconds) pays off from a few blocks up.
     ray_min_rows: ClassVar[int] = 262_144
