@@ -26,6 +26,8 @@ from curation.rules.decontam import find_matches
 from curation.stages.decontaminate import REASON, contamination_rows, load_eval_indexes, reject_table
 from curation.stages.llm import attach, bounded_duckdb
 
+M23K_DUCKDB_MEMORY = "1GB"
+
 STAGE = "m23k"
 
 
@@ -54,6 +56,10 @@ class M23kStage(Stage):
         # DuckDB streams curated in pool order (sorting within its memory cap, spilling past it) and joins each
         # row's question and options; the driver holds one batch at a time, never the table.
         con = bounded_duckdb(store, STAGE)
+        # The ORDER BY sorts whole curated rows (reasoning, prompt, options): with the LLM stages' 256 MB cap
+        # DuckDB could not pin its sort blocks on a 196K-row pool (OutOfMemoryException, bench_cpu_stages.py),
+        # so this pass gets 1 GB; it still spills beyond that.
+        con.execute(f"SET memory_limit='{M23K_DUCKDB_MEMORY}'")
         attach(con, "curated", store.dataset("curated"))
         n_rows, no_index = con.execute(
             "SELECT count(*), count(*) - count(pool_index) FROM curated"
