@@ -43,7 +43,7 @@ import schemas
 from curation.config import DedupOptions
 from curation.distributed.blocks import Block, pool_blocks, read_block
 from curation.rules import minhash as mh
-from curation.rules.dedup import EXACT, NEAR, decide
+from curation.rules.dedup import EXACT, NEAR, Decisions, decide
 from curation.rules.similarity import comparison_texts, verify_pairs
 from curation.store.runstore import row_group_rows
 
@@ -221,6 +221,71 @@ def targets_task(fs: Any, block: Block, targets: np.ndarray) -> pa.Table:
     return read_block(fs, block, ["source", "qid"]).take(pa.array(targets - block.start))
 
 
+def dedup_rows(
+    start: int,
+    ids: pa.Table,
+    decided: Any,
+    dup_source: pa.Array,
+    dup_qid: pa.Array,
+    measure: str,
+) -> pa.Table:
+    """Rows ``start ..`` of the ``dedup`` table: ``ids`` (source, qid) of the rows, ``decided`` their
+    duplicate_of/similarity/rule/cluster arrays, ``dup_*`` the (source, qid) of each row's duplicate_of (null
+    when kept)."""
+    n = ids.num_rows
+    has = decided.duplicate_of >= 0
+    rule = np.array([None, "exact", f"near_{measure}"], dtype=object)[decided.rule]
+    return schemas.conform(
+        pa.table(
+            {
+                "pool_index": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                "source": ids.column("source"),
+                "qid": ids.column("qid"),
+                "kept": pa.array(~has),
+                "rule": pa.array(rule, pa.string()),
+                "duplicate_of": pa.array(decided.duplicate_of, mask=~has),
+                "duplicate_of_source": dup_source,
+                "duplicate_of_qid": dup_qid,
+                "similarity": pa.array(decided.similarity, mask=~has),
+                "cluster": pa.array(decided.cluster),
+            }
+        ),
+        "dedup",
+    )
+
+
+def rejects_rows(rows: pa.Table, src: pa.Table) -> pa.Table:
+    """``rejects/dedup`` rows for dropped ``dedup`` ``rows``, with ``src`` (source, source_id, metadata) of the
+    same rows: by qid, as every stage after ingest, naming the row each duplicates."""
+    reason = pc.if_else(pc.equal(rows.column("rule"), "exact"), "exact_duplicate", "near_duplicate")
+    detail = [
+        f"pool_index {i} ({ref}) duplicates pool_index {d} ({s}:{q}), {r} similarity {x:g}"
+        for i, ref, d, s, q, r, x in zip(
+            rows.column("pool_index").to_pylist(),
+            src.column("source_id").to_pylist(),
+            rows.column("duplicate_of").to_pylist(),
+            rows.column("duplicate_of_source").to_pylist(),
+            rows.column("duplicate_of_qid").to_pylist(),
+            rows.column("rule").to_pylist(),
+            rows.column("similarity").to_pylist(),
+            strict=True,
+        )
+    ]
+    return schemas.conform(
+        pa.table(
+            {
+                "stage": pa.array([STAGE] * rows.num_rows, pa.string()),
+                "source": src.column("source"),
+                "source_ref": rows.column("qid"),
+                "reason": reason,
+                "detail": pa.array(detail, pa.string()),
+                "raw": src.column("metadata"),
+            }
+        ),
+        "rejects",
+    )
+
+
 def write_task(
     fs: Any,
     block: Block,
@@ -236,75 +301,32 @@ def write_task(
     ids = read_block(fs, block, ["source", "qid", "source_id", "metadata"])
     n = block.rows
     local = decided["rows"] - block.start
-    dup = np.full(n, -1, np.int64)
-    sim = np.full(n, np.nan)
-    code = np.zeros(n, np.int8)
-    cluster = np.arange(block.start, block.start + n, dtype=np.int64)
-    dup[local], sim[local], code[local], cluster[local] = (
-        decided["duplicate_of"],
-        decided["similarity"],
-        decided["rule"],
-        decided["cluster"],
+    rows = Decisions(
+        np.full(n, -1, np.int64),
+        np.full(n, np.nan),
+        np.zeros(n, np.int8),
+        np.arange(block.start, block.start + n, dtype=np.int64),
     )
-    has = dup >= 0
+    rows.duplicate_of[local] = decided["duplicate_of"]
+    rows.similarity[local] = decided["similarity"]
+    rows.rule[local] = decided["rule"]
+    rows.cluster[local] = decided["cluster"]
+    has = ~rows.kept
     dropped = np.flatnonzero(has)
     dup_source = np.full(n, None, dtype=object)
     dup_qid = np.full(n, None, dtype=object)
     dup_source[dropped] = target_ids.column("source").to_numpy(zero_copy_only=False)
     dup_qid[dropped] = target_ids.column("qid").to_numpy(zero_copy_only=False)
-    rule = np.array([None, "exact", f"near_{measure}"], dtype=object)[code]
-    table = schemas.conform(
-        pa.table(
-            {
-                "pool_index": pa.array(np.arange(block.start, block.start + n, dtype=np.int64)),
-                "source": ids.column("source"),
-                "qid": ids.column("qid"),
-                "kept": pa.array(~has),
-                "rule": pa.array(rule, pa.string()),
-                "duplicate_of": pa.array(dup, mask=~has),
-                "duplicate_of_source": pa.array(dup_source, pa.string()),
-                "duplicate_of_qid": pa.array(dup_qid, pa.string()),
-                "similarity": pa.array(sim, mask=~has),
-                "cluster": pa.array(cluster),
-            }
-        ),
-        "dedup",
+    table = dedup_rows(
+        block.start, ids, rows, pa.array(dup_source, pa.string()), pa.array(dup_qid, pa.string()), measure
     )
     _write_part(
         fs, f"{dedup_dir}/part-{part:05d}.parquet", table, schemas.get("dedup").schema, row_group_rows
     )
     reasons: Counter[str] = Counter()
     if len(dropped):
-        rows = table.take(pa.array(dropped))
-        src = ids.take(pa.array(dropped))
-        reason = pc.if_else(pc.equal(rows.column("rule"), "exact"), "exact_duplicate", "near_duplicate")
-        reasons.update(reason.to_pylist())
-        detail = [
-            f"pool_index {i} ({ref}) duplicates pool_index {d} ({s}:{q}), {r} similarity {x:g}"
-            for i, ref, d, s, q, r, x in zip(
-                rows.column("pool_index").to_pylist(),
-                src.column("source_id").to_pylist(),
-                rows.column("duplicate_of").to_pylist(),
-                rows.column("duplicate_of_source").to_pylist(),
-                rows.column("duplicate_of_qid").to_pylist(),
-                rows.column("rule").to_pylist(),
-                rows.column("similarity").to_pylist(),
-                strict=True,
-            )
-        ]
-        rejects = schemas.conform(
-            pa.table(
-                {
-                    "stage": pa.array([STAGE] * len(dropped), pa.string()),
-                    "source": src.column("source"),
-                    "source_ref": rows.column("qid"),
-                    "reason": reason,
-                    "detail": pa.array(detail, pa.string()),
-                    "raw": src.column("metadata"),
-                }
-            ),
-            "rejects",
-        )
+        rejects = rejects_rows(table.take(pa.array(dropped)), ids.take(pa.array(dropped)))
+        reasons.update(rejects.column("reason").to_pylist())
         _write_part(
             fs,
             f"{rejects_dir}/part-{part:05d}.parquet",

@@ -24,9 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import schemas
 from curation.config import CurationConfig, DedupOptions, MinHashOptions
-from curation.distributed.dedup import run_dedup
+from curation.distributed.dedup import dedup_rows, rejects_rows, run_dedup
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.rules import minhash as mh
 from curation.rules.dedup import EXACT, NEAR, decide, exact_representatives
@@ -101,37 +100,9 @@ class DedupStage(Stage):
                 if not len(local):
                     continue
                 part = pa.Table.from_batches([batch]).take(pa.array(local - lo))
-                rows = dedup_table.take(pa.array(local))
-                reason = pc.if_else(
-                    pc.equal(rows.column("rule"), "exact"), "exact_duplicate", "near_duplicate"
-                )
-                reasons.update(reason.to_pylist())
-                detail = [
-                    f"pool_index {i} ({ref}) duplicates pool_index {d} ({s}:{q}), {rule} similarity {sim:g}"
-                    for i, ref, d, s, q, rule, sim in zip(
-                        rows.column("pool_index").to_pylist(),
-                        part.column("source_id").to_pylist(),
-                        rows.column("duplicate_of").to_pylist(),
-                        rows.column("duplicate_of_source").to_pylist(),
-                        rows.column("duplicate_of_qid").to_pylist(),
-                        rows.column("rule").to_pylist(),
-                        rows.column("similarity").to_pylist(),
-                        strict=True,
-                    )
-                ]
-                yield schemas.conform(
-                    pa.table(
-                        {
-                            "stage": pa.array([STAGE] * len(local), pa.string()),
-                            "source": part.column("source"),
-                            "source_ref": rows.column("qid"),  # by qid, as every stage after ingest
-                            "reason": reason,
-                            "detail": pa.array(detail, pa.string()),
-                            "raw": part.column("metadata"),
-                        }
-                    ),
-                    "rejects",
-                )
+                table = rejects_rows(dedup_table.take(pa.array(local)), part)
+                reasons.update(table.column("reason").to_pylist())
+                yield table
 
         rej = store.write_table("rejects/dedup", rejects())
         return StageResult(
@@ -265,34 +236,12 @@ def _take_texts(dataset: Any, columns: list[str], which: str, rows: np.ndarray, 
 def decisions_table(ids: pa.Table, d: Any, measure: str) -> pa.Table:
     """The dedup table from the pool's (source, qid) columns and the decisions."""
     n = ids.num_rows
-    dup = d.duplicate_of
-    has = dup >= 0
-    safe = np.where(has, dup, 0)
-    near_name = f"near_{measure}"
-    rule = np.array([None, "exact", near_name], dtype=object)[d.rule]
+    has = d.duplicate_of >= 0
     mask = pa.array(~has)
     source = ids.column("source").combine_chunks() if n else pa.array([], pa.string())
     qid = ids.column("qid").combine_chunks() if n else pa.array([], pa.string())
-    return schemas.conform(
-        pa.table(
-            {
-                "pool_index": pa.array(np.arange(n, dtype=np.int64)),
-                "source": source,
-                "qid": qid,
-                "kept": pa.array(~has),
-                "rule": pa.array(rule, pa.string()),
-                "duplicate_of": pa.array(dup, mask=~has),
-                "duplicate_of_source": pc.if_else(
-                    mask, pa.scalar(None, pa.string()), source.take(pa.array(safe))
-                )
-                if n
-                else pa.array([], pa.string()),
-                "duplicate_of_qid": pc.if_else(mask, pa.scalar(None, pa.string()), qid.take(pa.array(safe)))
-                if n
-                else pa.array([], pa.string()),
-                "similarity": pa.array(d.similarity, mask=~has),
-                "cluster": pa.array(d.cluster),
-            }
-        ),
-        "dedup",
-    )
+    safe = pa.array(np.where(has, d.duplicate_of, 0))
+    none = pa.scalar(None, pa.string())
+    dup_source = pc.if_else(mask, none, source.take(safe)) if n else pa.array([], pa.string())
+    dup_qid = pc.if_else(mask, none, qid.take(safe)) if n else pa.array([], pa.string())
+    return dedup_rows(0, pa.table({"source": source, "qid": qid}), d, dup_source, dup_qid, measure)
