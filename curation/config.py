@@ -127,6 +127,12 @@ class RayOptions(Strict):
         gt=0,
         description="how long to wait for the Ray cluster at `address` to accept a connection; ray.init gets 3x this",
     )
+    retry_store_errors: bool = Field(
+        True,
+        description="Ray Data's retries of object-store network errors (NETWORK_CONNECTION, SLOW_DOWN, 503): up "
+        "to 10 tries per file with backoff to 32 s, about 4 minutes before a stage fails on an endpoint that is "
+        "gone; false fails at the first such error",
+    )
 
     @field_validator("address")
     @classmethod

