@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CLIENTS = {"python-1.4": "duckdb==1.4.4", "cli-1.5": "duckdb-cli==1.5.6"}
@@ -18,7 +20,10 @@ def install(name: str) -> Path:
     """The folder holding client ``name`` (pip-installed there on first use)."""
     target = CACHE / CLIENTS[name].replace("==", "-")
     if not (target / ".complete").exists():
-        target.mkdir(parents=True, exist_ok=True)
+        # Into a folder of this process's own, then renamed into place: parallel test workers (pytest-xdist)
+        # may install the same client at once, and a reader must never see half of one.
+        CACHE.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=CACHE))
         subprocess.run(
             [
                 sys.executable,
@@ -28,14 +33,21 @@ def install(name: str) -> Path:
                 "-q",
                 "--no-deps",
                 "--target",
-                str(target),
+                str(staging),
                 CLIENTS[name],
             ],
             check=True,
             capture_output=True,
             timeout=300,
         )
-        (target / ".complete").touch()
+        (staging / ".complete").touch()
+        try:
+            staging.rename(target)
+        except OSError:  # another worker's copy got there first (or a stale one without .complete)
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (target / ".complete").exists():
+                shutil.rmtree(target, ignore_errors=True)
+                return install(name)
     return target
 
 

@@ -367,7 +367,7 @@ def test_tiny_model_nonsense_is_recorded_and_falls_back(ray_local, tmp_path, tin
     raw = config(method="llm", engine="tiny", max_attempts=2, max_tokens=16).model_dump()
     raw["engines"] = {
         "tiny": {"kind": "vllm", "model": str(tiny_model_dir), "max_model_len": 4096, "batch_size": 8,
-                 "engine_kwargs": {"enforce_eager": True}}
+                 "engine_kwargs": {"enforce_eager": True}, "engine_core_process": False}
     }  # fmt: skip
     record = run_classify(CurationConfig.model_validate(raw), run_dir)
     assert (record["rows_in"], record["rows_out"]) == (6, 6)
