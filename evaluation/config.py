@@ -47,6 +47,12 @@ class EvalModel(Strict):
     )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM as is")
     cpu_kvcache_space_gib: int | None = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    engine_core_process: bool = Field(
+        True,
+        description="run vLLM's engine core in a child process of the actor (vLLM's default), so scheduling "
+        "and detokenizing overlap the model's steps; False keeps it in the actor (loads ~15 s faster on CPU: "
+        "for small sweeps). BENCHMARKS.md, 'Evaluation: sweep through Ray actors'",
+    )
     env_vars: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

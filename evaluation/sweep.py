@@ -100,7 +100,8 @@ class EvalWorker:
 
     def __init__(self, model: dict[str, Any], markers: dict[str, Any], sampling: dict[str, Any]) -> None:
         cfg = EvalModel.model_validate(model)
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vllm reads its environment lazily: set before the import, this configures this actor's engine only.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if cfg.engine_core_process else "0"
         if cfg.gpus_per_replica == 0 and cfg.cpu_kvcache_space_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
         os.environ.update(cfg.env_vars)
