@@ -48,10 +48,11 @@ class EvalModel(Strict):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM as is")
     cpu_kvcache_space_gib: int | None = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     engine_core_process: bool = Field(
-        True,
-        description="run vLLM's engine core in a child process of the actor (vLLM's default), so scheduling "
-        "and detokenizing overlap the model's steps; False keeps it in the actor (loads ~15 s faster on CPU: "
-        "for small sweeps). BENCHMARKS.md, 'Evaluation: sweep through Ray actors'",
+        False,
+        description="run vLLM's engine core in a child process of the actor (vLLM's own default, and the "
+        "curation engines'). Off here: the budget protocol's rounds of short generate calls ran at 0.69x the "
+        "in-actor speed that way on CPU, and loaded 14 s slower (BENCHMARKS.md, 'Evaluation: sweep through Ray "
+        "actors'); measure it for large models on GPU",
     )
     env_vars: dict[str, str] = Field(default_factory=dict)
 

@@ -412,7 +412,6 @@ def test_eval_as_a_job_then_a_resubmission_keeps_every_cell(
                         "max_model_len": 1024,
                         "dtype": "float32",
                         "engine_kwargs": {"enforce_eager": True},
-                        "engine_core_process": False,
                     }
                 ],
                 "benchmarks": [

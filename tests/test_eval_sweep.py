@@ -193,7 +193,7 @@ def _config(tiny_model_dir: Path, benchmarks: list[dict], core_process: bool = F
                 "max_model_len": 1024,
                 "dtype": "float32",
                 "engine_kwargs": {"enforce_eager": True},
-                # In the actor: loads ~15 s faster. The default (a child process) runs in the first sweep below.
+                # The default: vLLM's engine core in the actor. The first sweep below runs it in a child process.
                 "engine_core_process": core_process,
             }
         ],
