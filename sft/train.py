@@ -342,6 +342,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # One local folder per attempt, the same for every rank of a node, so rank 0's checkpoint also holds
     # the other local ranks' RNG states (the barrier in ReportCheckpoint waits for their writes).
     start = _step_of(Path(checkpoint.path) / HF_CHECKPOINT) if checkpoint is not None else 0
+    if start >= plan.max_steps:
+        # The run is done: Ray Train restarted an attempt that failed after its last checkpoint (in teardown,
+        # say, on a loaded machine). Resumed there, transformers' Trainer would still train one step past
+        # max_steps (seen: a 4th metrics row of a 3-step run), so no Trainer starts at all.
+        if rank == 0:
+            print(
+                f"[sft] the checkpoint at step {start} ends the run ({plan.max_steps} steps): nothing to train"
+            )
+        return
     output_dir = os.path.join(tempfile.gettempdir(), f"m1-sft-{config['run_id']}-from-{start}")
     with checkpoint.as_directory() if checkpoint is not None else nullcontext() as ckpt_dir:
         if ckpt_dir is not None:

@@ -150,6 +150,12 @@ def test_cli_refuses_to_overwrite_then_resumes(curated_run: Path, tiny_model_dir
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     # Packed rows of up to 1024 tokens hold several examples each.
     assert all(r["examples"] > 4 for r in rows)
+    # Resumed at its last step (as Ray Train restarts an attempt that failed after its final checkpoint), the
+    # run trains nothing more: transformers' Trainer alone would run a 6th step.
+    assert main(["sft", str(config), "--resume", "--set", "train.max_steps=5"]) == 0
+    assert [(r["step"], r["loss"]) for r in _metrics(curated_run, "cli")] == [
+        (r["step"], r["loss"]) for r in rows
+    ]
 
 
 def test_bad_table_is_a_clear_error(curated_run: Path, tiny_model_dir: Path, capsys) -> None:
