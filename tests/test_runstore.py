@@ -131,3 +131,22 @@ def test_missing_table_files_are_reported(tmp_path):
     assert store.missing_tables() == {"questions": v.path}
     with pytest.raises(RunDirError, match="the files of table 'questions'"):
         RunStore(str(tmp_path / "run")).read_table("questions")
+
+
+def test_store_hint_tells_a_dead_endpoint_from_refused_credentials() -> None:
+    from curation.store.runstore import store_hint
+
+    # A real message from CI: the proxy's port 40369 holds "403", which once read as refused credentials.
+    dead = OSError(
+        "When getting information for key 'runs/x/scratch/ingest-staged-0aa6cfdf' in bucket 'm1-test': AWS Error "
+        "NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Could not connect to server; Details: "
+        "Failed to connect to 127.0.0.1:40369 after 0 ms: Could not connect to server"
+    )
+    assert "AWS_ENDPOINT_URL" in store_hint(dead) and "credentials" not in store_hint(dead)
+    denied = OSError(
+        "When reading information for key 'a' in bucket 'b': AWS Error ACCESS_DENIED during HeadObject"
+    )
+    assert "AWS_ACCESS_KEY_ID" in store_hint(denied)
+    assert "AWS_ACCESS_KEY_ID" in store_hint(OSError("HTTP response code: 403 on key 'runs/x'"))
+    assert store_hint(OSError("key 'runs/a403b/x' is not a directory")) == ""
+    assert "create the bucket" in store_hint(OSError("Bucket 'b' not found"))

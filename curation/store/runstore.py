@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -79,14 +80,7 @@ def store_hint(exc: BaseException) -> str:
     text = str(exc)
     if "not found" in text and "Bucket" in text:
         return "; create the bucket first (m1 never creates buckets), or fix its name"
-    if any(
-        code in text
-        for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")
-    ):
-        return (
-            "; the store refused these credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or "
-            "AWS_PROFILE) and that they may read and write this bucket"
-        )
+    # Network first: a failed connection's message names host:port, and a port such as 40369 holds "403".
     if any(
         code in text
         for code in ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "connect to", "timed out")
@@ -94,6 +88,14 @@ def store_hint(exc: BaseException) -> str:
         return (
             "; the object store does not answer: check AWS_ENDPOINT_URL (or the default endpoint), the network, "
             "and retry (committed stages are kept; a rerun resumes after them)"
+        )
+    if any(
+        code in text
+        for code in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+    ) or re.search(r"\b403\b", text):
+        return (
+            "; the store refused these credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or "
+            "AWS_PROFILE) and that they may read and write this bucket"
         )
     return ""
 
