@@ -11,7 +11,10 @@ Paths:
 - bare: ``vllm.LLM.generate`` on the chat-templated prompts, all rows in one call, in a fresh child process
   (started while the Ray cluster is up and idle, so it pays for Ray's daemons like the other two);
 - engine: the project's engine through ``curation.engines.map_requests`` (ledger lookup on, a fresh ledger
-  each round, so every row is generated): one Ray Data replica, one synchronous ``LLM.chat`` per batch;
+  each round, so every row is generated): one Ray Data replica, one synchronous ``LLM.chat`` per batch, with
+  its defaults; optional: ``engine-child`` (its engine core in a child process) and ``engine-async``
+  (``batches_in_flight``: vLLM's async engine, several batches in flight, each row its own request; rows have
+  their own wall times, so its window runs from the first row's start to the last row's end);
 - ray.data.llm: ``build_processor(vLLMEngineProcessorConfig(...))``: chat-template, tokenize, vLLM's async
   engine with --max-concurrent-batches batches in flight, detokenize.
 
@@ -66,7 +69,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 PATHS = ("bare", "engine", "ray.data.llm")
-OPTIONAL_PATHS = ("engine-inproc",)
+OPTIONAL_PATHS = ("engine-child", "engine-async")
 
 
 # --- workload -----------------------------------------------------------------------------------------------
@@ -206,13 +209,19 @@ def run_bare_child(args: argparse.Namespace, model: str, messages_file: Path) ->
 
 
 def run_engine(
-    args: argparse.Namespace, model: str, messages: list[Any], *, core_process: bool = True
+    args: argparse.Namespace,
+    model: str,
+    messages: list[Any],
+    *,
+    core_process: bool | None = None,
+    batches_in_flight: int = 1,
 ) -> dict[str, Any]:
     """The project's engine: map_requests over a fresh ledger, one replica holding all the CPUs.
 
-    ``core_process`` is the engine's ``engine_core_process`` (default on: vLLM's engine core in a child
-    process of the replica, as ray.data.llm's async engine runs it); ``engine-inproc`` runs it off, the
-    engine's setting before issue 18 (the engine core in the actor's own process)."""
+    ``engine``: its defaults (on CPU the engine core runs in the actor's process since stop 26);
+    ``engine-child``: ``engine_core_process: true`` (the core in a child process of the replica, vLLM's and
+    ray.data.llm's way, and the engine's CPU default in stop 25); ``engine-async``: ``batches_in_flight`` =
+    ``--in-flight`` (vLLM's async engine, several batches queued, as ray.data.llm)."""
     import pyarrow as pa
     import ray
     import ray.data
@@ -234,6 +243,7 @@ def run_engine(
         cpu_kvcache_space_gib=args.kv_gib,
         engine_kwargs=kwargs,
         engine_core_process=core_process,
+        batches_in_flight=batches_in_flight,
     )
     table = requests_table(requests)
     with tempfile.TemporaryDirectory(prefix="m1bench-ledger-") as ledger_uri:
@@ -249,9 +259,14 @@ def run_engine(
             f"engine: {len(rows)} rows for {len(messages)} requests, {len(errors)} errors: {errors[:1]}"
         )
     calls: dict[Any, float] = defaultdict(float)
-    for r in rows:
-        calls[r["created_at"]] += r["latency_s"]
-    starts = [end.timestamp() - wall for end, wall in calls.items()]
+    if batches_in_flight > 1:  # each row is its own request, with its own wall time
+        ends = [r["created_at"].timestamp() for r in rows]
+        starts = [end - r["latency_s"] for end, r in zip(ends, rows, strict=True)]
+        calls = {r["created_at"]: r["latency_s"] for r in rows}
+    else:  # a call's rows share its end time and split its wall time
+        for r in rows:
+            calls[r["created_at"]] += r["latency_s"]
+        starts = [end.timestamp() - wall for end, wall in calls.items()]
     return {
         "gen_s": max(end.timestamp() for end in calls) - min(starts),
         "wall_s": wall_s,
@@ -365,6 +380,9 @@ def main() -> None:
     parser.add_argument(
         "--max-concurrent-batches", type=int, default=4, help="ray.data.llm batches in flight"
     )
+    parser.add_argument(
+        "--in-flight", type=int, default=4, help="engine-async: the engine's batches_in_flight"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="rounds per model; the median counts")
     parser.add_argument("--models", default="tiny,small", help="comma list of: tiny, small")
     parser.add_argument("--small-shape", default="512,8,8,2,1536", help="hidden,layers,heads,kv_heads,mlp")
@@ -417,8 +435,10 @@ def main() -> None:
                         r = run_bare_child(args, str(model), messages_file)
                     elif path == "engine":
                         r = run_engine(args, str(model), messages)
-                    elif path == "engine-inproc":
-                        r = run_engine(args, str(model), messages, core_process=False)
+                    elif path == "engine-child":
+                        r = run_engine(args, str(model), messages, core_process=True)
+                    elif path == "engine-async":
+                        r = run_engine(args, str(model), messages, batches_in_flight=args.in_flight)
                     else:
                         r = run_ray_data_llm(args, str(model), messages)
                     rounds[path].append(r)
@@ -461,6 +481,7 @@ def main() -> None:
                 "max_tokens": args.max_tokens,
                 "batch_size": args.batch_size,
                 "max_concurrent_batches": args.max_concurrent_batches,
+                "in_flight": args.in_flight,
                 "rounds": args.rounds,
                 "cpus": os.cpu_count(),
                 "eager": not args.compile,

@@ -31,8 +31,8 @@ def _engine_cfg(model: Path, **overrides: Any) -> VLLMEngineConfig:
         "max_model_len": MAX_MODEL_LEN,
         "batch_size": 8,
         "engine_kwargs": {"enforce_eager": True},
-        # In the actor's process: loads in ~3 s instead of ~17 s. The default (a child process) has its test.
-        "engine_core_process": False,
+        # The engine core in the actor's process (the CPU default): loads in ~3 s instead of ~17 s. A child
+        # process (the GPU default) has its own test below.
     }
     return VLLMEngineConfig(**(base | overrides))
 
@@ -65,21 +65,47 @@ def _mixed_requests() -> tuple[list[dict[str, Any]], dict[str, str]]:
     return requests, errors
 
 
-@pytest.fixture(scope="module")
-def mixed_run(
-    ray_local: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
+def _mixed_run(cfg: VLLMEngineConfig, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import ray.data
 
     requests, errors = _mixed_requests()
     ledger_uri = str(tmp_path_factory.mktemp("vllm-ledger"))
     ds = ray.data.from_arrow(requests_table(requests))
-    responses = _collect(generate(ds, _engine_cfg(tiny_model_dir), ledger_uri))
-    return {"requests": requests, "errors": errors, "responses": responses, "ledger": Ledger(ledger_uri)}
+    responses = _collect(generate(ds, cfg, ledger_uri))
+    return {
+        "requests": requests,
+        "errors": errors,
+        "responses": responses,
+        "ledger": Ledger(ledger_uri),
+        "in_flight": cfg.batches_in_flight,
+    }
+
+
+@pytest.fixture(scope="module")
+def mixed_run(
+    ray_local: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """One synchronous vllm.LLM call per batch and params group (the default)."""
+    return _mixed_run(_engine_cfg(tiny_model_dir), tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def mixed_run_in_flight(
+    ray_local: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """vLLM's async engine with the request set's three batches of 8 in flight at once."""
+    cfg = _engine_cfg(tiny_model_dir, batches_in_flight=3)
+    return _mixed_run(cfg, tmp_path_factory)
+
+
+# The checks below hold for both replicas.
+BOTH = pytest.mark.parametrize("run_name", ["mixed_run", "mixed_run_in_flight"])
 
 
 @pytest.mark.slow
-def test_one_response_per_request(mixed_run: dict[str, Any]) -> None:
+@BOTH
+def test_one_response_per_request(run_name: str, request: pytest.FixtureRequest) -> None:
+    mixed_run = request.getfixturevalue(run_name)
     requests, responses = mixed_run["requests"], mixed_run["responses"]
     assert responses.num_rows == len(requests) == 21
     assert Counter(responses.column("request_id").to_pylist()) == Counter(r["request_id"] for r in requests)
@@ -89,7 +115,11 @@ def test_one_response_per_request(mixed_run: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_successful_rows_are_well_formed(mixed_run: dict[str, Any], tiny_model_dir: Path) -> None:
+@BOTH
+def test_successful_rows_are_well_formed(
+    run_name: str, request: pytest.FixtureRequest, tiny_model_dir: Path
+) -> None:
+    mixed_run = request.getfixturevalue(run_name)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -117,14 +147,20 @@ def test_successful_rows_are_well_formed(mixed_run: dict[str, Any], tiny_model_d
 
 
 @pytest.mark.slow
-def test_greedy_duplicates_agree(mixed_run: dict[str, Any]) -> None:
+@BOTH
+def test_greedy_duplicates_agree(run_name: str, request: pytest.FixtureRequest) -> None:
+    mixed_run = request.getfixturevalue(run_name)
     first_id = mixed_run["requests"][0]["request_id"]
     texts = [r["text"] for r in mixed_run["responses"].to_pylist() if r["request_id"] == first_id]
     assert len(texts) == 2 and texts[0] == texts[1]
 
 
 @pytest.mark.slow
-def test_bad_rows_become_error_rows_and_the_rest_complete(mixed_run: dict[str, Any]) -> None:
+@BOTH
+def test_bad_rows_become_error_rows_and_the_rest_complete(
+    run_name: str, request: pytest.FixtureRequest
+) -> None:
+    mixed_run = request.getfixturevalue(run_name)
     rows = {r["key"]: r for r in mixed_run["responses"].to_pylist()}
     for key, fragment in mixed_run["errors"].items():
         row = rows[key]
@@ -132,13 +168,18 @@ def test_bad_rows_become_error_rows_and_the_rest_complete(mixed_run: dict[str, A
         assert fragment in row["error"], row["error"]
     assert rows["too-long"]["error"].startswith("VLLMValidationError: request ")
     assert "(key too-long)" in rows["too-long"]["error"]
-    assert rows["too-long"]["attempts"] > 1  # it sat in a failing batch call before standing alone
+    if mixed_run["in_flight"] == 1:
+        assert rows["too-long"]["attempts"] > 1  # it sat in a failing batch call before standing alone
+    else:
+        assert rows["too-long"]["attempts"] == 1  # one engine request per row: it failed alone
     # Its params group still completed.
     assert all(rows[f"c{i}"]["error"] is None for i in range(9))
 
 
 @pytest.mark.slow
-def test_ledger_holds_exactly_the_successes(mixed_run: dict[str, Any]) -> None:
+@BOTH
+def test_ledger_holds_exactly_the_successes(run_name: str, request: pytest.FixtureRequest) -> None:
+    mixed_run = request.getfixturevalue(run_name)
     ledger_rows = mixed_run["ledger"].read()
     ok = [r for r in mixed_run["responses"].to_pylist() if r["error"] is None]
     assert ledger_rows.num_rows == len(ok)
@@ -146,6 +187,31 @@ def test_ledger_holds_exactly_the_successes(mixed_run: dict[str, Any]) -> None:
     assert ledger_rows.filter(pa.compute.is_valid(ledger_rows.column("error"))).num_rows == 0
     answered = set(mixed_run["ledger"].answered_ids().to_pylist())
     assert answered == {r["request_id"] for r in ok}
+
+
+@pytest.mark.slow
+def test_batches_in_flight_send_what_one_call_per_batch_sends(
+    mixed_run: dict[str, Any], mixed_run_in_flight: dict[str, Any]
+) -> None:
+    """The async replica renders and tokenizes as LLM.chat / LLM.generate do: the same prompt tokens per request,
+    the same rows failing. (Answers are not compared: batch composition moves CPU numerics, and so ties.)"""
+
+    def outcome(run: dict[str, Any]) -> list[tuple[str, int | None, bool]]:
+        rows = run["responses"].to_pylist()
+        return sorted((r["request_id"], r["prompt_tokens"], r["error"] is None) for r in rows)
+
+    assert outcome(mixed_run_in_flight) == outcome(mixed_run)
+    assert sum(ok for *_, ok in outcome(mixed_run)) == 21 - 3
+
+
+def test_batches_in_flight_need_the_child_process_core() -> None:
+    with pytest.raises(ValueError, match="async engine"):
+        VLLMEngineConfig(model="m", batches_in_flight=2, engine_core_process=False)
+    assert VLLMEngineConfig(model="m", batches_in_flight=2).core_in_child_process
+    # Where the core runs by default: the actor's process on CPU, a child process on GPU (vLLM's default).
+    assert not VLLMEngineConfig(model="m").core_in_child_process
+    assert VLLMEngineConfig(model="m", gpus_per_replica=1).core_in_child_process
+    assert VLLMEngineConfig(model="m", engine_core_process=True).core_in_child_process
 
 
 @pytest.mark.slow
@@ -221,7 +287,9 @@ def test_run_requests_dispatches_to_vllm_and_resumes(
         for i in range(5)
     ]
     requests.append(make_request("r0-again", "tiny", prompt="Patient 0 has", temperature=0, max_tokens=4))
-    cfg = _engine_cfg(tiny_model_dir, batch_size=2, engine_core_process=True)  # the default: a child process
+    cfg = _engine_cfg(
+        tiny_model_dir, batch_size=2, engine_core_process=True
+    )  # the GPU default: a child process
     ledger_uri = str(tmp_path / "ledger")
 
     first = _collect(

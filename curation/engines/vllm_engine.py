@@ -6,6 +6,10 @@ batches the whole group. A row that makes its call fail (a prompt longer than ``
 parameter) is isolated by bisection: the call is retried on halves until the failing row stands alone
 and becomes a response row with ``error`` set; the others complete normally.
 
+With ``batches_in_flight`` above 1 a replica is :class:`AsyncVLLMReplica` instead: vLLM's async engine (its core
+in a child process), several Ray Data batches at once (as ``ray.data.llm``'s ``max_concurrent_batches``), each
+row its own engine request, so a failing row fails alone and no batch waits for the previous one to finish.
+
 Resources are declared in :class:`VLLMEngineConfig`, next to the code: one replica reserves
 ``cpus_per_replica`` CPUs and ``gpus_per_replica`` GPUs (0 on CPU; ``tensor_parallel_size`` on GPU).
 Two engines (two models) in one pipeline each get their own actor pool; run concurrently they need the
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -67,11 +72,21 @@ class VLLMEngineConfig(BaseModel):
         ge=1,
         description="VLLM_CPU_KVCACHE_SPACE in the actor when on CPU (whole GiB); None: vLLM's",
     )
-    engine_core_process: bool = Field(
-        default=True,
-        description="run vLLM's engine core in a child process of the replica (vLLM's own default), so "
-        "tokenizing, scheduling and detokenizing overlap the model's steps; False keeps it in the actor's "
-        "process (loads ~20 s faster on CPU, generates slower: BENCHMARKS.md, vLLM paths)",
+    engine_core_process: bool | None = Field(
+        default=None,
+        description="run vLLM's engine core in a child process of the replica (true) or in the actor's own "
+        "process (false). Default: a child process on GPU (vLLM's own default: the GPU computes while the "
+        "process schedules), the actor's process on CPU, where the two processes share the same cores: "
+        "measured 1.7x the generation speed of a child-process core on a 26M model and 1.13x on the tiny one, "
+        "loading ~15 s faster (BENCHMARKS.md, vLLM paths)",
+    )
+    batches_in_flight: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Ray Data batches a replica works on at once. 1: one synchronous vllm.LLM call per batch "
+        "(per params group); above 1: vLLM's async engine, its core in a child process, with this many "
+        "batches queued in it (ray.data.llm's max_concurrent_batches): BENCHMARKS.md, vLLM paths",
     )
     env_vars: dict[str, str] = Field(default_factory=dict, description="extra environment for each replica")
     flush_every_rows: int | None = Field(
@@ -85,6 +100,11 @@ class VLLMEngineConfig(BaseModel):
                 f"gpus_per_replica={self.gpus_per_replica} is less than tensor_parallel_size="
                 f"{self.tensor_parallel_size}: each replica needs one GPU per tensor-parallel rank"
             )
+        if self.batches_in_flight > 1 and self.engine_core_process is False:
+            raise ValueError(
+                "batches_in_flight > 1 runs vLLM's async engine, whose core always runs in a child process: "
+                "drop engine_core_process: false, or set batches_in_flight: 1"
+            )
         return self
 
     @property
@@ -95,6 +115,13 @@ class VLLMEngineConfig(BaseModel):
     @property
     def on_cpu(self) -> bool:
         return self.gpus_per_replica == 0
+
+    @property
+    def core_in_child_process(self) -> bool:
+        """Where vLLM's engine core runs: ``engine_core_process``, else a child process on GPU only."""
+        if self.batches_in_flight > 1:
+            return True  # vLLM's async engine always runs its core in a child process
+        return self.engine_core_process if self.engine_core_process is not None else not self.on_cpu
 
 
 def sampling_kwargs(params_json: str) -> dict[str, Any]:
@@ -156,20 +183,22 @@ class VLLMReplica:
         if self._llm is None:
             from vllm import LLM, SamplingParams
 
-            kwargs: dict[str, Any] = {
-                "model": self.cfg.model,
-                "tensor_parallel_size": self.cfg.tensor_parallel_size,
-                "dtype": self.cfg.dtype,
-                "seed": self.cfg.seed,
-            }
-            if self.cfg.max_model_len is not None:
-                kwargs["max_model_len"] = self.cfg.max_model_len
-            kwargs.update(self.cfg.engine_kwargs)
             started = time.perf_counter()
-            self._llm = LLM(**kwargs)
+            self._llm = LLM(**self._engine_args())
             self._sampling_params = SamplingParams
             self.load_s = time.perf_counter() - started
         return self._llm
+
+    def _engine_args(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.cfg.model,
+            "tensor_parallel_size": self.cfg.tensor_parallel_size,
+            "dtype": self.cfg.dtype,
+            "seed": self.cfg.seed,
+        }
+        if self.cfg.max_model_len is not None:
+            kwargs["max_model_len"] = self.cfg.max_model_len
+        return kwargs | self.cfg.engine_kwargs
 
     @property
     def loaded(self) -> bool:
@@ -178,10 +207,8 @@ class VLLMReplica:
 
     def _set_environment(self) -> None:
         # vllm reads its environment lazily, so setting it before the import configures this replica only.
-        # The engine core in a child process of this actor (vLLM's default, and what ray.data.llm's async
-        # engine runs): measured 3-4x the generation speed of an in-process core on CPU (issue 18). It stays
-        # inside this actor's reservation on the node, and exits when the actor does.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if self.cfg.engine_core_process else "0"
+        # A child-process core stays inside this actor's reservation on the node and exits with the actor.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if self.cfg.core_in_child_process else "0"
         if self.cfg.on_cpu and self.cfg.cpu_kvcache_space_gib is not None:
             # An explicit KV-cache size; vLLM's CPU default (a fraction of node memory) fails on shared nodes.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.cfg.cpu_kvcache_space_gib)
@@ -197,20 +224,34 @@ class VLLMReplica:
     def _generate_batch(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         out: list[dict[str, Any] | None] = [None] * len(rows)
-        chunk = self.cfg.flush_every_rows or max(1, len(rows))
-        for start in range(0, len(rows), chunk):
-            indices = range(start, min(start + chunk, len(rows)))
-            if self.driver is not None and not self.driver.alive_here():
-                gone = RuntimeError(f"the driver (pid {self.driver.pid}) is gone; not generated")
-                for i in indices:
-                    out[i] = self._error_row(rows[i], gone, attempts=0)
+        for indices in self._chunks(len(rows)):
+            if self._driver_gone(rows, indices, out):
                 continue
-            fresh = self._answer([(i, rows[i]) for i in indices])
-            for i, row in fresh:
-                out[i] = row
-            if self.ledger is not None:
-                self.ledger.append(responses_table([r for _, r in fresh]))
+            self._record(self._answer([(i, rows[i]) for i in indices]), out)
         return responses_table([r for r in out if r is not None])
+
+    def _chunks(self, n: int) -> list[range]:
+        """Row ranges between ledger appends: the whole batch, or ``flush_every_rows`` at a time."""
+        chunk = self.cfg.flush_every_rows or max(1, n)
+        return [range(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+
+    def _driver_gone(
+        self, rows: list[dict[str, Any]], indices: range, out: list[dict[str, Any] | None]
+    ) -> bool:
+        """Whether the driver is gone (kill -9); if so the chunk's rows become error rows, generated by nobody."""
+        if self.driver is None or self.driver.alive_here():
+            return False
+        gone = RuntimeError(f"the driver (pid {self.driver.pid}) is gone; not generated")
+        for i in indices:
+            out[i] = self._error_row(rows[i], gone, attempts=0)
+        return True
+
+    def _record(self, fresh: list[tuple[int, dict[str, Any]]], out: list[dict[str, Any] | None]) -> None:
+        """Place answered rows and append them to the ledger (which keeps the successes)."""
+        for i, row in fresh:
+            out[i] = row
+        if self.ledger is not None:
+            self.ledger.append(responses_table([r for _, r in fresh]))
 
     def _answer(self, indexed: Sequence[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
         """Response rows for (index, request) pairs: grouped by kind and params, one vLLM call per group."""
@@ -284,6 +325,107 @@ class VLLMReplica:
         return response_row(req, engine=ENGINE_NAME, error=error, attempts=attempts)
 
 
+class AsyncVLLMReplica(VLLMReplica):
+    """:class:`VLLMReplica` with several Ray Data batches in flight on one ``vllm.AsyncLLM`` (an async callable
+    class: Ray Data calls it concurrently, up to ``batches_in_flight`` times). Each row is its own engine request,
+    rendered and tokenized here as ``LLM.chat`` / ``LLM.generate`` do, so the answers are the same as the
+    synchronous replica's; a row that fails (too long, bad params) becomes an error row alone, no bisection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tokenizer: Any = None
+        self._load_lock: Any = None  # an asyncio.Lock, made in the actor's event loop
+        self._sequence = 0  # vLLM request ids must be unique while in flight; a request may repeat in a batch
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
+        if self.front is None:
+            return await self._generate_batch_async(batch)
+        cached, send, extra = self.front.split(batch)
+        fresh = await self._generate_batch_async(send) if send.num_rows else responses_table([])
+        return self.front.join(cached, fresh, extra)
+
+    async def _engine(self) -> Any:
+        import asyncio
+
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:  # the batches that arrive during the load wait for the one engine
+            if self._llm is None:
+                from vllm import AsyncEngineArgs, SamplingParams
+                from vllm.v1.engine.async_llm import AsyncLLM
+
+                started = time.perf_counter()
+                kwargs = self._engine_args()
+                kwargs.setdefault("disable_log_stats", True)
+                self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+                self._tokenizer = self._llm.get_tokenizer()
+                self._sampling_params = SamplingParams
+                self.load_s = time.perf_counter() - started
+        return self._llm
+
+    async def _generate_batch_async(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        for indices in self._chunks(len(rows)):
+            if self._driver_gone(rows, indices, out):
+                continue
+            self._record(await self._answer_async([(i, rows[i]) for i in indices]), out)
+        return responses_table([r for r in out if r is not None])
+
+    async def _answer_async(
+        self, indexed: Sequence[tuple[int, dict[str, Any]]]
+    ) -> list[tuple[int, dict[str, Any]]]:
+        import asyncio
+
+        if not indexed:
+            return []
+        engine = (
+            await self._engine()
+        )  # outside the per-row handling: an engine that cannot load fails the batch
+        return list(await asyncio.gather(*(self._answer_one(engine, i, req) for i, req in indexed)))
+
+    def _prompt_token_ids(self, req: Mapping[str, Any]) -> list[int]:
+        """The tokens ``LLM.chat`` (chat template, no special tokens added) or ``LLM.generate`` would send."""
+        if req["kind"] == "chat":
+            text = self._tokenizer.apply_chat_template(
+                req["messages"], add_generation_prompt=True, tokenize=False
+            )
+            return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        if req["kind"] == "completion":
+            return list(self._tokenizer(req["prompt"])["input_ids"])
+        raise ValueError(f"unknown request kind {req['kind']!r} (expected chat or completion)")
+
+    async def _answer_one(self, engine: Any, i: int, req: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        started = time.perf_counter()
+        self._sequence += 1
+        try:
+            sampling = self._sampling_params(**sampling_kwargs(req["params"]))
+            prompt = {"prompt_token_ids": self._prompt_token_ids(req)}
+            final = None
+            async for output in engine.generate(prompt, sampling, f"{req['request_id']}.{self._sequence}"):
+                final = output
+            if final is None:
+                raise RuntimeError("the engine returned no output")
+        except EngineDeadError:
+            raise  # the engine is gone: fail the batch (Ray Data retries it on a new replica), no error rows
+        except Exception as exc:  # vLLM raises many types (validation, tokenizer, engine)
+            return i, self._error_row(req, exc, attempts=1)
+        completion = final.outputs[0]
+        return i, response_row(
+            req,
+            engine=ENGINE_NAME,
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=len(final.prompt_token_ids or []),
+            completion_tokens=len(completion.token_ids),
+            latency_s=time.perf_counter() - started,  # rows overlap here: each has its own wall time
+            attempts=1,
+            created_at=datetime.now(UTC),
+        )
+
+
 def generate(
     requests: ray.data.Dataset,
     cfg: VLLMEngineConfig,
@@ -302,20 +444,36 @@ def generate(
 
     from curation.engines.liveness import DriverRef
 
-    return requests.map_batches(
-        VLLMReplica,
-        fn_constructor_kwargs={
-            "cfg": cfg.model_dump(),
-            "ledger_uri": ledger_uri,
-            "driver": DriverRef.current(),
-            "ledger_lookup": ledger_lookup,
-        },
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
-        num_cpus=cfg.cpus_per_replica,
-        num_gpus=cfg.gpus_per_replica,
-    )
+    in_flight = cfg.batches_in_flight
+    # An async replica runs up to max_concurrency calls at once and Ray Data queues twice that, as ray.data.llm
+    # does (max_concurrency reaches the actor only as a ray_remote_args key, which Ray 2.60 warns about).
+    extra: dict[str, Any] = {"max_concurrency": in_flight} if in_flight > 1 else {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return requests.map_batches(
+            AsyncVLLMReplica if in_flight > 1 else VLLMReplica,
+            fn_constructor_kwargs={
+                "cfg": cfg.model_dump(),
+                "ledger_uri": ledger_uri,
+                "driver": DriverRef.current(),
+                "ledger_lookup": ledger_lookup,
+            },
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(
+                size=cfg.replicas, max_tasks_in_flight_per_actor=2 * in_flight if in_flight > 1 else None
+            ),
+            num_cpus=cfg.cpus_per_replica,
+            num_gpus=cfg.gpus_per_replica,
+            **extra,
+        )
 
 
-__all__ = ["ENGINE_NAME", "VLLMEngineConfig", "VLLMReplica", "generate", "sampling_kwargs"]
+__all__ = [
+    "ENGINE_NAME",
+    "AsyncVLLMReplica",
+    "VLLMEngineConfig",
+    "VLLMReplica",
+    "generate",
+    "sampling_kwargs",
+]
