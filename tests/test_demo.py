@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -156,6 +157,10 @@ def test_demo_end_to_end_and_rerun_pays_nothing(tmp_path):
     steps = con.execute("SELECT step FROM sft_metrics WHERE sft_run = 'demo-tiny' ORDER BY step").fetchall()
     assert [s for (s,) in steps] == list(range(1, 9))
     assert (tmp_path / "demo" / "sft" / "demo-tiny" / "loss.png").is_file()
+    # `m1 demo`'s fine-tune (sft.demo.run_demo_sft) leaves an HF checkpoint at its last step.
+    final = sorted((tmp_path / "demo" / "sft" / "demo-tiny" / "train").glob("checkpoint_*/checkpoint"))[-1]
+    assert (final / "model.safetensors").is_file()
+    assert json.loads((final / "trainer_state.json").read_text())["global_step"] == 8
     # The evaluation leg: the fine-tuned model, 3 budgets x 1 forcing count on the held-out PubMedQA half.
     cells = con.execute(
         "SELECT model, benchmark, budget, forcing, samples FROM eval_scores ORDER BY budget"

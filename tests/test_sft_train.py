@@ -193,18 +193,6 @@ def test_checkpoint_generates_in_vllm(plain_run, tmp_path: Path) -> None:
     assert int(proc.stdout.split("GENERATED")[1].split()[0]) > 0
 
 
-def test_demo_sft_on_a_curated_run(curated_run: Path, tiny_model_dir: Path) -> None:
-    """The function `m1 demo` calls: a few steps on the run's curated table, an HF checkpoint, a loss curve."""
-    from sft.demo import run_demo_sft
-
-    checkpoint = run_demo_sft(curated_run, tiny_model_dir, steps=3)
-    assert (checkpoint / "model.safetensors").is_file() and _trainer_state(str(checkpoint))[
-        "global_step"
-    ] == 3
-    assert (curated_run / "sft" / "demo-tiny" / "loss.png").is_file()
-    assert [r["step"] for r in _metrics(curated_run, "demo-tiny")] == [1, 2, 3]
-
-
 def test_fsdp_full_shard_on_cpu_writes_a_loadable_checkpoint(
     plain_run, curated_run: Path, tiny_model_dir: Path
 ) -> None:
