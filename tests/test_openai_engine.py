@@ -175,9 +175,14 @@ def test_every_request_ends_in_exactly_one_row_under_every_fault(
     ):
         assert stats["by_outcome"].get(kind, 0) > 0, kind
     assert stats["by_outcome"].get("slow_abandoned", 0) > 0
-    # ...and the attempts recorded per row are exactly the attempts the server saw.
+    # ...and the attempts recorded per row are the attempts the server saw. An attempt whose 0.4 s timeout fires
+    # before the server's handler reads it (seen once under load 8, on the run's first request while its
+    # connection opened) is one the client counts and the server does not: at most a few of those.
+    unseen = 0
     for row in out.to_pylist():
-        assert row["attempts"] == stats["attempts_by_request"][row["request_id"]], row
+        seen = stats["attempts_by_request"][row["request_id"]]
+        assert seen <= row["attempts"] <= seen + 1, row
+        unseen += row["attempts"] - seen
         if row["error"] is None:
             assert row["finish_reason"] in ("stop", "length")
             assert row["prompt_tokens"] > 0 and row["engine"] == f"openai:{url.split('/')[2]}"
@@ -186,6 +191,7 @@ def test_every_request_ends_in_exactly_one_row_under_every_fault(
             assert f"request {row['request_id']} (key {row['key']!r})" in row["error"]
             assert row["text"] is None
         assert CLIENT_KEY not in (row["error"] or "")
+    assert unseen <= 3, unseen
     errors = out.column("error").null_count
     assert 200 < errors < 300  # most succeed, some exhaust their attempts: both paths are exercised
     assert pc.sum(pc.equal(out.column("finish_reason"), "length")).as_py() > 0
