@@ -77,7 +77,7 @@ class VLLMEngineConfig(BaseModel):
         description="run vLLM's engine core in a child process of the replica (true) or in the actor's own "
         "process (false). Default: a child process on GPU (vLLM's own default: the GPU computes while the "
         "process schedules), the actor's process on CPU, where the two processes share the same cores: "
-        "measured 1.7x the generation speed of a child-process core on a 26M model and 1.13x on the tiny one, "
+        "measured 1.7x the generation speed of a child-process core on a 26M model and 1.10x on the tiny one, "
         "loading ~15 s faster (BENCHMARKS.md, vLLM paths)",
     )
     batches_in_flight: int = Field(
