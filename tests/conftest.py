@@ -23,9 +23,9 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 # The heaviest modules first, by their measured seconds under two workers (pytest --junitxml, stop 26). `make test`
-# runs `--dist loadscope --no-loadscope-reorder`: xdist hands out whole modules in this order, so the two workers
-# finish close together and each module's fixtures (clusters, SFT runs, servers) are built once. The order only
-# changes wall time; a module missing here runs after these, in collection order.
+# runs `--dist loadscope --no-loadscope-reorder`: xdist hands out whole modules in this order, so each module's
+# fixtures (clusters, SFT runs, servers, engines) are built once, and no heavy module starts last while the other
+# worker idles. The order only changes wall time; a module missing here runs after these, in collection order.
 HEAVIEST_FIRST = (
     "test_sft_train",
     "test_cluster",
