@@ -50,7 +50,7 @@ class EvalModel(Strict):
     engine_core_process: bool = Field(
         False,
         description="run vLLM's engine core in a child process of the actor (vLLM's own default, and the "
-        "curation engines'). Off here: the budget protocol's rounds of short generate calls ran at 0.69x the "
+        "curation engines' on GPU). Off here: the budget protocol's rounds of short generate calls ran at 0.69x the "
         "in-actor speed that way on CPU, and loaded 14 s slower (BENCHMARKS.md, 'Evaluation: sweep through Ray "
         "actors'); measure it for large models on GPU",
     )

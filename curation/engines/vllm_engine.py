@@ -298,26 +298,28 @@ class VLLMReplica:
         # Batched generation has no per-row wall time: each row gets an equal share of its call, so the
         # latencies of a run add up to the engine's busy time.
         share = wall / len(members)
-        rows = []
-        for (i, req), output in zip(members, outputs, strict=True):
-            completion = output.outputs[0]
-            rows.append(
-                (
-                    i,
-                    response_row(
-                        req,
-                        engine=ENGINE_NAME,
-                        text=completion.text,
-                        finish_reason=completion.finish_reason,
-                        prompt_tokens=len(output.prompt_token_ids or []),
-                        completion_tokens=len(completion.token_ids),
-                        latency_s=share,
-                        attempts=attempts,
-                        created_at=finished,
-                    ),
-                )
-            )
-        return rows
+        return [
+            (i, self._output_row(req, output, latency_s=share, attempts=attempts, created_at=finished))
+            for (i, req), output in zip(members, outputs, strict=True)
+        ]
+
+    @staticmethod
+    def _output_row(
+        req: Mapping[str, Any], output: Any, *, latency_s: float, attempts: int, created_at: datetime
+    ) -> dict[str, Any]:
+        """The response row of a finished vLLM ``RequestOutput`` (its one completion)."""
+        completion = output.outputs[0]
+        return response_row(
+            req,
+            engine=ENGINE_NAME,
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=len(output.prompt_token_ids or []),
+            completion_tokens=len(completion.token_ids),
+            latency_s=latency_s,
+            attempts=attempts,
+            created_at=created_at,
+        )
 
     @staticmethod
     def _error_row(req: Mapping[str, Any], exc: BaseException, attempts: int) -> dict[str, Any]:
@@ -379,9 +381,8 @@ class AsyncVLLMReplica(VLLMReplica):
 
         if not indexed:
             return []
-        engine = (
-            await self._engine()
-        )  # outside the per-row handling: an engine that cannot load fails the batch
+        # Outside the per-row handling: an engine that cannot load fails the batch.
+        engine = await self._engine()
         return list(await asyncio.gather(*(self._answer_one(engine, i, req) for i, req in indexed)))
 
     def _prompt_token_ids(self, req: Mapping[str, Any]) -> list[int]:
@@ -412,18 +413,9 @@ class AsyncVLLMReplica(VLLMReplica):
             raise  # the engine is gone: fail the batch (Ray Data retries it on a new replica), no error rows
         except Exception as exc:  # vLLM raises many types (validation, tokenizer, engine)
             return i, self._error_row(req, exc, attempts=1)
-        completion = final.outputs[0]
-        return i, response_row(
-            req,
-            engine=ENGINE_NAME,
-            text=completion.text,
-            finish_reason=completion.finish_reason,
-            prompt_tokens=len(final.prompt_token_ids or []),
-            completion_tokens=len(completion.token_ids),
-            latency_s=time.perf_counter() - started,  # rows overlap here: each has its own wall time
-            attempts=1,
-            created_at=datetime.now(UTC),
-        )
+        # Rows overlap here: each has its own wall time, not a share of a call's.
+        latency = time.perf_counter() - started
+        return i, self._output_row(req, final, latency_s=latency, attempts=1, created_at=datetime.now(UTC))
 
 
 def generate(
