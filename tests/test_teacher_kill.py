@@ -87,34 +87,20 @@ def _curated(run_dir: Path) -> list[tuple[str, str, str, str]]:
 
 
 def test_kill_during_teacher_then_rerun(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from curation.config import load_config
     from curation.devtools.rehearse import RehearsalConfig, spawn_rehearsal_server, stop_rehearsal_server
+    from curation.stages.ingest import ingest_in_process
     from curation.store.runstore import RunStore
 
-    # The servers need the pool; a clean ingest-only run provides it (same questions as the runs below).
-    seed_run = tmp_path / "seed"
+    # The servers need the pool before the runs start: the same questions, from the in-process ingest (the
+    # reference the Ray stage is tested against in test_ingest), with no Ray cluster of its own.
     scorer_proc = teacher_proc = None
     try:
-        placeholder = _config(tmp_path, "http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1")
-        env = dict(os.environ, RAY_AUTH_MODE="disabled")
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "curation.cli",
-                "curate",
-                str(placeholder),
-                "--run-dir",
-                str(seed_run),
-                "--stages",
-                "ingest",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        pool = RunStore(str(seed_run), create=False).table_location("questions")
+        placeholder = load_config(_config(tmp_path, "http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"))
+        pool = str(tmp_path / "pool.parquet")
+        pq.write_table(ingest_in_process(placeholder.sources, placeholder.ingest).questions, pool)
         scorer_proc, scorer_url = spawn_rehearsal_server(
             RehearsalConfig(
                 pool=pool,
