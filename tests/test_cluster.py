@@ -1,13 +1,14 @@
 """`ray job submit` on a real two-node Ray cluster on this machine, as the README's cluster guide says it.
 
-The nodes are started by cluster/start-node.sh (head plus a `--address` node, 1 CPU each, own temp dirs, free
+The nodes are started by cluster/start-node.sh (head plus a `--address` node, 2 CPUs each, own temp dirs, free
 loopback ports, a PATH without the venv) and stopped by the PIDs of their process groups. Jobs go through
 cluster/submit.sh. Checked:
 - the demo pipeline (the stages before the first LLM stage) as a job: its tables, exact accounting, and which
   code ran (commit from the job metadata, code hash);
 - a resubmission from a working dir that Ray unpacks elsewhere resumes instead of recomputing;
-- the worker node's raylet SIGKILLed in the middle of an ingest: exact counts, and tables identical to a
-  clean run's.
+- `m1 sft` and `m1 eval` as jobs, on shared storage;
+- last (one cluster serves the module): the worker node's raylet SIGKILLed in the middle of an ingest: exact
+  counts, and tables identical to a clean run's.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def free_stages() -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(workers=1, cpus=1) as c:
+    """Two nodes of 2 logical CPUs, for every test here: Ray Train's workers plus Ray Data's read and tokenizing
+    tasks (1 CPU each) do not fit two 1-CPU nodes (the job would wait forever: "Cluster resources are not
+    enough"). The raylet-kill test runs last: it leaves the cluster one node."""
+    with LocalCluster(workers=1, cpus=2) as c:
         yield c
 
 
@@ -239,96 +243,6 @@ def test_resubmission_from_a_moved_working_dir_resumes(
     assert after["tables"] == before["tables"]
 
 
-# ---- the worker node's raylet killed in the middle of an ingest -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def synth_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A synthetic pool in m1's source mix on 'shared storage' (a folder every node of this host sees)."""
-    from curation.devtools.synth import generate_pool
-
-    root = tmp_path_factory.mktemp("pool")
-    summary = generate_pool(root / "data", SYNTH_ROWS, format="mixed", seed=11)
-    sources = [
-        {"name": info["format"], "format": info["format"], "path": str(root / "data" / name)}
-        for name, info in summary["files"].items()
-    ]
-    for s in sources:
-        if s["format"] == "pubmedqa":
-            s["split"] = "all"
-    # Small chunks: many Ray tasks, spread over both nodes.
-    cfg = {"name": "synth", "sources": sources, "ingest": {"m1_shuffle": True, "rows_per_chunk": 8000}}
-    path = root / "synth.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def clean_synth_run(
-    cluster: LocalCluster, synth_config: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    run_dir = tmp_path_factory.mktemp("shared") / "clean"
-    submit(cluster, "curate", str(synth_config), "--stages", "ingest", "--run-dir", str(run_dir))
-    return run_dir
-
-
-def worker_node_id(cluster: LocalCluster) -> str:
-    (node,) = [n for n in cluster.node_states() if not n["is_head_node"] and n["state"] == "ALIVE"]
-    return node["node_id"]
-
-
-def running_tasks_on(cluster: LocalCluster, node_id: str) -> int:
-    tasks = cluster.api(
-        f"/api/v0/tasks?limit=1000&filter_keys=node_id&filter_predicates=%3D&filter_values={node_id}"
-    )
-    return sum(t.get("state") == "RUNNING" for t in tasks["data"]["result"]["result"])
-
-
-def test_worker_raylet_killed_mid_ingest(
-    cluster: LocalCluster, synth_config: Path, clean_synth_run: Path, tmp_path_factory
-) -> None:
-    # Runs last in this module: the cluster has one node left afterwards.
-    run_dir = tmp_path_factory.mktemp("shared") / "killed"
-    worker_id = worker_node_id(cluster)
-    job_id, _ = submit(
-        cluster,
-        "curate",
-        str(synth_config),
-        "--stages",
-        "ingest",
-        "--run-dir",
-        str(run_dir),
-        flags=("--no-wait",),
-    )
-    # Wait until the ingest has tasks running on the worker node, then kill that node's raylet.
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if "[ingest] running" in job_logs(cluster, job_id) and running_tasks_on(cluster, worker_id) > 0:
-            break
-        assert job_info(cluster, job_id)["status"] in ("PENDING", "RUNNING"), job_logs(cluster, job_id)[
-            -3000:
-        ]
-        time.sleep(0.3)
-    else:
-        raise AssertionError("no ingest task ran on the worker node")
-    worker = next(n for n in cluster.nodes if n.role == "worker")
-    cluster.kill_raylet(worker)
-    killed_at = time.time()
-    info = wait_job(cluster, job_id)
-    logs = job_logs(cluster, job_id)
-    assert info["status"] == "SUCCEEDED", logs[-4000:]
-    assert info["end_time"] / 1000 > killed_at  # the job was still running when the node died
-    assert {n["node_id"]: n["state"] for n in cluster.node_states()}[worker_id] == "DEAD"
-    # Exact counts, and the same tables as the clean run, row for row.
-    clean, killed = manifest(clean_synth_run), manifest(run_dir)
-    check_accounting(killed, ["ingest"])
-    keys = ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason", "outputs")
-    assert {k: killed["stages"]["ingest"][k] for k in keys} == {k: clean["stages"]["ingest"][k] for k in keys}
-    assert killed["stages"]["ingest"]["rows_in"] == SYNTH_ROWS
-    for name in clean["tables"]:
-        assert table(run_dir, name).equals(table(clean_synth_run, name)), name
-
-
 # ---- m1 sft and m1 eval as jobs, the same way ------------------------------------------------------------
 
 
@@ -340,17 +254,8 @@ def shared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("shared-model") / "tiny")
 
 
-@pytest.fixture
-def training_cluster():
-    """Two nodes of 2 logical CPUs: Ray Train's workers plus Ray Data's read and tokenizing tasks (1 CPU each)
-    do not fit two 1-CPU nodes; there the job waits forever for resources ("Cluster resources are not enough").
-    One test uses it: it stops when that test ends, not beside the module's other cluster until the module ends."""
-    with LocalCluster(workers=1, cpus=2) as c:
-        yield c
-
-
 def test_sft_as_a_job_with_the_packaged_config(
-    training_cluster: LocalCluster, shared_model: Path, tmp_path_factory: pytest.TempPathFactory
+    cluster: LocalCluster, shared_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """`m1 sft` submitted like curate: the packaged demo config (resolved inside Ray's copy of the working
     dir), run_dir and model on shared storage; a resubmission with --resume finds the finished run."""
@@ -370,7 +275,7 @@ def test_sft_as_a_job_with_the_packaged_config(
         "--set",
         "train.max_steps=3",
     )
-    job_id, out = submit(training_cluster, *args)
+    job_id, out = submit(cluster, *args)
     assert f"Job '{job_id}' succeeded" in out, out[-3000:]
     assert "[sft] demo-tiny: 3 optimizer steps" in out
     m = manifest(run_dir)
@@ -387,10 +292,10 @@ def test_sft_as_a_job_with_the_packaged_config(
     )
     assert checkpoints
     # Relative to the job's working dir, the same run dir is refused before anything starts.
-    job_id, out = submit(training_cluster, *args[:3], "run_dir=runs/sft", *args[4:], flags=("--no-wait",))
-    info = wait_job(training_cluster, job_id)
+    job_id, out = submit(cluster, *args[:3], "run_dir=runs/sft", *args[4:], flags=("--no-wait",))
+    info = wait_job(cluster, job_id)
     assert info["status"] == "FAILED"
-    logs = job_logs(training_cluster, job_id)
+    logs = job_logs(cluster, job_id)
     assert re.search(
         r"the SFT config's run_dir '[^']*' (is relative|lies inside the job's working dir)", logs
     ), logs[-2000:]
@@ -439,3 +344,93 @@ def test_eval_as_a_job_then_a_resubmission_keeps_every_cell(
     assert (run_dir / "eval" / "accuracy-tiny.png").is_file()
     job_id, out = submit(cluster, "eval", str(config), "--run-dir", str(run_dir))
     assert "0 cells run, 2 already finished" in out, out[-3000:]
+
+
+# ---- the worker node's raylet killed in the middle of an ingest -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic pool in m1's source mix on 'shared storage' (a folder every node of this host sees)."""
+    from curation.devtools.synth import generate_pool
+
+    root = tmp_path_factory.mktemp("pool")
+    summary = generate_pool(root / "data", SYNTH_ROWS, format="mixed", seed=11)
+    sources = [
+        {"name": info["format"], "format": info["format"], "path": str(root / "data" / name)}
+        for name, info in summary["files"].items()
+    ]
+    for s in sources:
+        if s["format"] == "pubmedqa":
+            s["split"] = "all"
+    # Small chunks: many Ray tasks, spread over both nodes.
+    cfg = {"name": "synth", "sources": sources, "ingest": {"m1_shuffle": True, "rows_per_chunk": 8000}}
+    path = root / "synth.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clean_synth_run(
+    cluster: LocalCluster, synth_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    run_dir = tmp_path_factory.mktemp("shared") / "clean"
+    submit(cluster, "curate", str(synth_config), "--stages", "ingest", "--run-dir", str(run_dir))
+    return run_dir
+
+
+def worker_node_id(cluster: LocalCluster) -> str:
+    (node,) = [n for n in cluster.node_states() if not n["is_head_node"] and n["state"] == "ALIVE"]
+    return node["node_id"]
+
+
+def running_tasks_on(cluster: LocalCluster, node_id: str) -> int:
+    tasks = cluster.api(
+        f"/api/v0/tasks?limit=1000&filter_keys=node_id&filter_predicates=%3D&filter_values={node_id}"
+    )
+    return sum(t.get("state") == "RUNNING" for t in tasks["data"]["result"]["result"])
+
+
+def test_worker_raylet_killed_mid_ingest(
+    cluster: LocalCluster, synth_config: Path, clean_synth_run: Path, tmp_path_factory
+) -> None:
+    # The module's last test: the cluster has one node left afterwards.
+    run_dir = tmp_path_factory.mktemp("shared") / "killed"
+    worker_id = worker_node_id(cluster)
+    job_id, _ = submit(
+        cluster,
+        "curate",
+        str(synth_config),
+        "--stages",
+        "ingest",
+        "--run-dir",
+        str(run_dir),
+        flags=("--no-wait",),
+    )
+    # Wait until the ingest has tasks running on the worker node, then kill that node's raylet.
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if "[ingest] running" in job_logs(cluster, job_id) and running_tasks_on(cluster, worker_id) > 0:
+            break
+        assert job_info(cluster, job_id)["status"] in ("PENDING", "RUNNING"), job_logs(cluster, job_id)[
+            -3000:
+        ]
+        time.sleep(0.3)
+    else:
+        raise AssertionError("no ingest task ran on the worker node")
+    worker = next(n for n in cluster.nodes if n.role == "worker")
+    cluster.kill_raylet(worker)
+    killed_at = time.time()
+    info = wait_job(cluster, job_id)
+    logs = job_logs(cluster, job_id)
+    assert info["status"] == "SUCCEEDED", logs[-4000:]
+    assert info["end_time"] / 1000 > killed_at  # the job was still running when the node died
+    assert {n["node_id"]: n["state"] for n in cluster.node_states()}[worker_id] == "DEAD"
+    # Exact counts, and the same tables as the clean run, row for row.
+    clean, killed = manifest(clean_synth_run), manifest(run_dir)
+    check_accounting(killed, ["ingest"])
+    keys = ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason", "outputs")
+    assert {k: killed["stages"]["ingest"][k] for k in keys} == {k: clean["stages"]["ingest"][k] for k in keys}
+    assert killed["stages"]["ingest"]["rows_in"] == SYNTH_ROWS
+    for name in clean["tables"]:
+        assert table(run_dir, name).equals(table(clean_synth_run, name)), name
