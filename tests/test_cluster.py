@@ -6,6 +6,7 @@ cluster/submit.sh. Checked:
 - the demo pipeline (the stages before the first LLM stage) as a job: its tables, exact accounting, and which
   code ran (commit from the job metadata, code hash);
 - a resubmission from a working dir that Ray unpacks elsewhere resumes instead of recomputing;
+- the same pipeline as a job writing its run to an S3-compatible store (moto_server on loopback);
 - `m1 sft` and `m1 eval` as jobs, on shared storage;
 - last (one cluster serves the module): the worker node's raylet SIGKILLed in the middle of an ingest: exact
   counts, and tables identical to a clean run's.
@@ -53,11 +54,12 @@ def free_stages() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(s3_server: dict[str, str]):
     """Two nodes of 2 logical CPUs, for every test here: Ray Train's workers plus Ray Data's read and tokenizing
     tasks (1 CPU each) do not fit two 1-CPU nodes (the job would wait forever: "Cluster resources are not
-    enough"). The raylet-kill test runs last: it leaves the cluster one node."""
-    with LocalCluster(workers=1, cpus=2) as c:
+    enough"). Both nodes get the loopback S3 server's endpoint and keys, as a cluster's nodes get their object
+    store's. The raylet-kill test runs last: it leaves the cluster one node."""
+    with LocalCluster(workers=1, cpus=2, env=s3_server) as c:
         yield c
 
 
@@ -241,6 +243,32 @@ def test_resubmission_from_a_moved_working_dir_resumes(
     after = manifest(run_dir)
     assert after["stages"]["ingest"] == before["stages"]["ingest"]
     assert after["tables"] == before["tables"]
+
+
+# ---- a job writing its run to s3 ----------------------------------------------------------------------------
+
+
+def test_a_job_writes_its_run_to_s3(cluster: LocalCluster, s3_bucket: str) -> None:
+    """The demo pipeline's free stages as a job whose --run-dir is on the object store (test_object_store has
+    the rest of object-store runs): every table, the manifest and the catalog land there, readable by `m1 sql`."""
+    from curation.store.runstore import RunStore
+
+    run = f"{s3_bucket}/runs/job"
+    job_id, out = submit(
+        cluster, "curate", "curation/configs/demo.yaml", "--stages", ",".join(free_stages()), "--run-dir", run
+    )
+    assert f"Job '{job_id}' succeeded" in out and cluster.alive_nodes() == 2
+    m = RunStore(run, create=False).manifest
+    check_accounting(m, free_stages())
+    assert m["ray_job"] == job_id
+    sql = subprocess.run(
+        [str(BIN / "m1"), "sql", run, "SELECT count(*) AS n FROM candidates", "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert sql.returncode == 0 and json.loads(sql.stdout)["n"] == m["tables"]["candidates"]["rows"], (
+        sql.stderr
+    )
 
 
 # ---- m1 sft and m1 eval as jobs, the same way ------------------------------------------------------------

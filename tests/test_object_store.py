@@ -330,30 +330,3 @@ def test_the_demo_chain_curates_into_s3_then_reruns_queries_reports_and_exports(
         pq.read_table(tmp_path / "m23k.parquet").num_rows
         == RunStore(run, create=False).tables()["m23k"]["rows"]
     )
-
-
-# ---- a two-node cluster job writing to s3 -------------------------------------------------------------------
-@pytest.mark.slow
-def test_a_two_node_cluster_job_writes_its_run_to_s3(s3_server: dict, s3_bucket: str) -> None:
-    from test_cluster import check_accounting, free_stages, submit
-
-    from curation.devtools.local_cluster import LocalCluster
-    from curation.store.runstore import RunStore
-
-    run = f"{s3_bucket}/runs/job"
-    with LocalCluster(workers=1, cpus=1, env=s3_server) as cluster:  # both nodes get the endpoint and keys
-        job_id, out = submit(
-            cluster,
-            "curate",
-            "curation/configs/demo.yaml",
-            "--stages",
-            ",".join(free_stages()),
-            "--run-dir",
-            run,
-        )
-        assert f"Job '{job_id}' succeeded" in out and cluster.alive_nodes() == 2
-    m = RunStore(run, create=False).manifest
-    check_accounting(m, free_stages())
-    assert m["ray_job"] == job_id
-    sql = m1("sql", run, "SELECT count(*) AS n FROM candidates", "--format", "json")
-    assert sql.returncode == 0 and f'"n": {m["tables"]["candidates"]["rows"]}' in sql.stdout, sql.stderr
