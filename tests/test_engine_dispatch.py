@@ -259,27 +259,5 @@ def test_ledger_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         )
 
 
-# ---- the vllm branch of the dispatch ---------------------------------------------------------------------
-@pytest.mark.slow
-def test_vllm_engine_through_run_requests_resumes(
-    ray_local: None, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    cfg = VLLMEngineConfig(
-        model=str(tiny_model_dir),
-        max_model_len=256,
-        batch_size=8,
-        engine_kwargs={"enforce_eager": True},
-        engine_core_process=False,  # loads in ~3 s instead of ~17 s
-    )
-    rows = [
-        make_request(f"v{i}", "tiny", prompt=f"Patient {i} presents with", max_tokens=6, temperature=0.0)
-        for i in range(6)
-    ]
-    rows.append(dict(rows[0], key="v0-twin"))
-    first = _collect(run_requests(requests_table(rows), cfg, ledger_uri=str(tmp_path), progress=False))
-    assert first.num_rows == 7 and first.column("error").null_count == 7
-    assert set(first.column("engine").to_pylist()) == {"vllm"}
-    twin = {r["key"]: r["text"] for r in first.to_pylist()}
-    assert twin["v0"] == twin["v0-twin"]
-    second = _collect(run_requests(requests_table(rows), cfg, ledger_uri=str(tmp_path), progress=False))
-    assert all(second.column("cached").to_pylist()) and second.num_rows == 7
+# The vllm branch of the dispatch (run_requests -> vLLM replicas, a twin generated once, a rerun all cached) is
+# tests/test_vllm_engine.py::test_run_requests_dispatches_to_vllm_and_resumes.

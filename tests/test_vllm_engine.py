@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import schemas
@@ -298,6 +299,8 @@ def test_run_requests_dispatches_to_vllm_and_resumes(
     assert sorted(r["key"] for r in first) == sorted(r["key"] for r in requests)
     assert all(r["error"] is None and r["engine"] == "vllm" and not r["cached"] for r in first)
     assert len(Ledger(ledger_uri).answered_ids()) == 5  # the repeated request was generated once
+    texts = {r["key"]: r["text"] for r in first}
+    assert texts["r0-again"] == texts["r0"]
 
     # A rerun finds every id in the ledger: no engine starts, the stored answers come back marked cached.
     second = _collect(
@@ -311,7 +314,8 @@ def test_run_requests_dispatches_to_vllm_and_resumes(
 def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     ray_local: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Salted attempts, a duplicate and a bad row stream through vLLM replicas; the rerun is all ledger."""
+    """Salted attempts, a duplicate and a bad row stream through vLLM replicas; the rerun is all ledger, and a
+    rerun of the answered rows loads no engine."""
     import ray.data
 
     from curation.engines import map_requests
@@ -330,9 +334,9 @@ def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     cfg = _engine_cfg(tiny_model_dir, batch_size=4)
     ledger_uri = str(tmp_path / "ledger")
 
-    def run() -> pa.Table:
-        ds = ray.data.from_arrow([table.slice(i, 4) for i in range(0, table.num_rows, 4)])
-        return _collect(map_requests(ds, cfg, ledger_uri=ledger_uri, progress=False))
+    def run(rows: pa.Table = table, engine: VLLMEngineConfig = cfg) -> pa.Table:
+        ds = ray.data.from_arrow([rows.slice(i, 4) for i in range(0, rows.num_rows, 4)])
+        return _collect(map_requests(ds, engine, ledger_uri=ledger_uri, progress=False))
 
     first = run()
     assert first.num_rows == table.num_rows
@@ -349,35 +353,13 @@ def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     assert all(r["cached"] for k, r in again.items() if k != "bad") and again["bad"]["error"]
     assert {k: r["text"] for k, r in again.items()} == {k: r["text"] for k, r in rows.items()}
 
-
-@pytest.mark.slow
-def test_a_cached_rerun_loads_no_engine(ray_local: None, tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Every request in the ledger: map_requests serves them all and no replica loads vLLM.
-
-    The rerun's engine points at a model directory that does not exist: loading it would fail the run, so a
-    passing rerun proves no engine was loaded (request ids name the request's model, not the engine's path).
-    """
-    import ray.data
-
-    from curation.engines import map_requests
-
-    requests = [
-        make_request(f"k{i}", "tiny", prompt=f"Patient {i} has", temperature=0, max_tokens=4)
-        for i in range(6)
-    ]
-    table = requests_table(requests)
-    ledger_uri = str(tmp_path / "ledger")
-
-    def run(model: Path) -> pa.Table:
-        ds = ray.data.from_arrow([table.slice(i, 3) for i in range(0, table.num_rows, 3)])
-        return _collect(
-            map_requests(ds, _engine_cfg(model, batch_size=3), ledger_uri=ledger_uri, progress=False)
-        )
-
-    first = run(tiny_model_dir)
-    assert all(r["error"] is None and not r["cached"] for r in first.to_pylist())
-    second = run(tmp_path / "no-such-model")
-    assert second.num_rows == table.num_rows
-    assert all(r["cached"] and r["error"] is None for r in second.to_pylist())
-    by_key = {r["key"]: r["text"] for r in first.to_pylist()}
-    assert {r["key"]: r["text"] for r in second.to_pylist()} == by_key
+    # Every request in the ledger: no replica loads vLLM. This engine points at a model directory that does not
+    # exist, so loading it would fail the run: a passing run proves no engine was loaded (request ids name the
+    # request's model, not the engine's path).
+    answered = table.filter(pc.not_equal(table.column("key"), "bad"))
+    third = run(answered, _engine_cfg(tmp_path / "no-such-model", batch_size=4))
+    assert third.num_rows == answered.num_rows == table.num_rows - 1
+    assert all(r["cached"] and r["error"] is None for r in third.to_pylist())
+    assert {r["key"]: r["text"] for r in third.to_pylist()} == {
+        k: r["text"] for k, r in rows.items() if k != "bad"
+    }
