@@ -35,10 +35,11 @@ browser:
 # Two pytest-xdist workers: the suite's slow tests wait on process start-ups, Ray and sockets as much as they
 # compute, so two at a time fill the 2 cores (2,042 s serial -> 1,325 s, measured on this 2-core machine kind).
 # More workers overload Ray's node start-up (its 30 s raylet registration limit is not configurable).
-# Whole modules per worker, heaviest first (tests/conftest.py): module fixtures are built once.
+# Whole modules per worker, heaviest first (tests/conftest.py): module fixtures are built once. The 20 slowest
+# tests are printed at the end, so every CI log shows where the suite's time goes.
 TEST_WORKERS ?= 2
 test: lint browser
-	$(VENV)/bin/pytest -q -rs -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+	$(VENV)/bin/pytest -q -rs -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=20
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
