@@ -25,27 +25,27 @@ local_ray_env()
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# The heaviest modules first, by their measured seconds under two workers (pytest --junitxml, stop 27). `make test`
-# runs `--dist loadscope --no-loadscope-reorder`: xdist hands out whole modules in this order, so each module's
-# fixtures (clusters, SFT runs, servers, engines) are built once, and no heavy module starts last while the other
-# worker idles. The order only changes wall time; a module missing here runs after these, in collection order.
+# The heaviest modules first, by their measured seconds under two workers (pytest --junitxml, stop 26; an order by
+# stop 27's durations ran no faster). `make test` runs `--dist loadscope --no-loadscope-reorder`: xdist hands out
+# whole modules in this order, so each module's fixtures (clusters, SFT runs, servers, engines) are built once, and
+# no heavy module starts last while the other worker idles. The order only changes wall time; a module missing here
+# runs after these, in collection order.
 HEAVIEST_FIRST = (
-    "test_cluster",
     "test_sft_train",
+    "test_cluster",
+    "test_object_store",
     "test_vllm_engine",
-    "test_teacher_kill",
     "test_demo",
     "test_pay_once",
-    "test_object_store",
-    "test_eval_sweep",
     "test_vllm_serve",
+    "test_eval_sweep",
+    "test_teacher_kill",
     "test_llm_stages",
     "test_openai_engine",
-    "test_catalog",
-    "test_bad_inputs",
     "test_classify",
+    "test_bad_inputs",
+    "test_catalog",
     "test_ratelimit",
-    "test_eval_engine",
     "test_engine_dispatch",
 )
 
