@@ -11,4 +11,6 @@ def test_warm_kernels_runs_dedup_and_decontamination_on_the_sample_pool() -> Non
     # The demo's ingest keeps 311 of the pool's 341 rows; 6 of them are copies of its evaluation sets' questions.
     assert seen["questions"] == 311
     assert seen["decontaminate_kept"] == 305
-    assert [k for k in seen if k.startswith("dedup_")] == ["dedup_0", "dedup_1", "dedup_2"]
+    # The demo's dedup rule drops 2 near duplicates (as `m1 demo`'s dedup stage reports); every variant ran.
+    assert seen["dedup_0_near_duplicates"] == 2
+    assert all(seen[f"dedup_{i}_near_duplicates"] >= 0 for i in (1, 2))

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.jobenv import nonempty_path
+from curation.jobenv import local_ray_env, nonempty_path
 from curation.prompt import normalize_text
 
 
@@ -1275,9 +1275,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         import ray
 
         if not ray.is_initialized():
-            os.environ.setdefault(
-                "RAY_worker_niceness", "0"
-            )  # as the pipeline's local Ray (curation.pipeline)
+            local_ray_env()  # as the pipeline's local Ray (curation.pipeline)
             ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     summary = generate_pool(
         args.out_dir,

@@ -30,7 +30,7 @@ from curation.stages.ingest import ingest_in_process
 
 
 def warm_kernels() -> dict[str, int]:
-    """Run dedup and decontamination on the sample pool; returns rows seen per step (for a sanity check)."""
+    """Run dedup and decontamination on the sample pool; returns what each step found (for a sanity check)."""
     cfg = load_config(Path(str(files("curation").joinpath("configs/demo.yaml"))))  # the embedded demo config
     questions = ingest_in_process(cfg.sources, cfg.ingest).questions
     pool = pads.dataset(questions)
@@ -41,8 +41,8 @@ def warm_kernels() -> dict[str, int]:
     ]
     seen = {"questions": questions.num_rows}
     for i, opts in enumerate(variants):
-        dedup_decisions(pool, opts)
-        seen[f"dedup_{i}"] = questions.num_rows
+        _, details = dedup_decisions(pool, opts)
+        seen[f"dedup_{i}_near_duplicates"] = details["near_duplicates"]
     indexes = load_eval_indexes(cfg.decontaminate)
     candidates, _, _ = decontaminate_block(
         questions, np.arange(questions.num_rows, dtype=np.int64), None, indexes, cfg.decontaminate
