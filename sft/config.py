@@ -105,11 +105,16 @@ class ResourceOptions(Strict):
 
 
 class FaultInjection(Strict):
-    """For tests and rehearsals: make one worker die once at a step, to exercise FailureConfig resume."""
+    """For tests and rehearsals: make one worker die once, to exercise FailureConfig resume.
+
+    ``when: step_end`` fails at the end of optimizer step ``at_step`` (before that step's checkpoint, if any);
+    ``when: train_end`` fails after training ended and its last checkpoint was reported, so Ray Train restarts
+    a run that is already complete (``at_step`` is then the step the run ends at)."""
 
     at_step: int = Field(ge=1)
     rank: int = 0
     kind: Literal["kill", "raise"] = "kill"
+    when: Literal["step_end", "train_end"] = "step_end"
 
 
 class SFTConfig(Strict):
@@ -120,7 +125,13 @@ class SFTConfig(Strict):
     train: TrainOptions = Field(default_factory=TrainOptions)
     resources: ResourceOptions = Field(default_factory=ResourceOptions)
     ray_address: str | None = None  # null: join RAY_ADDRESS if set, else start a local Ray
-    inject_failure: FaultInjection | None = None
+    # One failure or several (each happens once); max_failures must allow for all of them.
+    inject_failure: FaultInjection | list[FaultInjection] | None = None
+
+    @property
+    def fault_injections(self) -> list[FaultInjection]:
+        f = self.inject_failure
+        return [] if f is None else [f] if isinstance(f, FaultInjection) else list(f)
 
     @model_validator(mode="after")
     def _run_dir_named(self) -> SFTConfig:

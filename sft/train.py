@@ -241,19 +241,33 @@ def _callbacks(cfg: SFTConfig, plan: Plan, paths: dict[str, str], rank: int, att
             self.part += 1
 
     callbacks: list[Any] = [SaveSchedule(), MetricsWriter(), ReportCheckpoint()]
-    fault = cfg.inject_failure
-    if fault is not None and fault.rank == rank:
+    faults = [(i, f) for i, f in enumerate(cfg.fault_injections) if f.rank == rank]
+    if faults:
 
         class InjectFailure(TrainerCallback):
-            """Test hook: this worker dies once at the given step (a marker file makes it once)."""
+            """Test hook: this worker dies once at each configured point (a marker file per point makes it
+            once)."""
 
-            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-                marker = Path(paths["fault_marker"])
-                if state.global_step == fault.at_step and not marker.exists():
-                    marker.write_text(f"injected {fault.kind} at step {state.global_step} on rank {rank}\n")
+            def _maybe_fail(self, state: Any, when: str) -> None:
+                for i, fault in faults:
+                    marker = Path(f"{paths['fault_marker']}-{i}")
+                    if fault.when != when or state.global_step != fault.at_step or marker.exists():
+                        continue
+                    marker.write_text(
+                        f"injected {fault.kind} at {when} of step {state.global_step} on rank {rank}\n"
+                    )
                     if fault.kind == "kill":
                         os.kill(os.getpid(), signal.SIGKILL)
-                    raise RuntimeError(f"injected failure at step {state.global_step} on rank {rank}")
+                    raise RuntimeError(
+                        f"injected failure at {when} of step {state.global_step} on rank {rank}"
+                    )
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+                self._maybe_fail(state, "step_end")
+                return control
+
+            def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+                self._maybe_fail(state, "train_end")
                 return control
 
         callbacks.append(InjectFailure())
@@ -444,11 +458,47 @@ def list_checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def run_sft(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> SFTResult:
-    """Train as configured; returns where the checkpoints, metrics table and loss curve are."""
+def _fit(cfg: SFTConfig, plan: Plan, paths: dict[str, str], train_dir: Path) -> Any:
+    """One TorchTrainer.fit() of the run; a failure names where the run stands and how to go on."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    res = cfg.resources
+    resources = {"CPU": res.cpus_per_worker}
+    if res.use_gpu:
+        resources["GPU"] = res.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "sft": cfg.model_dump(mode="json"),
+            "plan": asdict(plan),
+            "paths": paths,
+            "run_id": uuid.uuid4().hex[:8],
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=TRAIN_DIR,
+            storage_path=str(train_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
+        ),
+        datasets={"train": training_dataset(cfg)},
+    )
+    try:
+        return trainer.fit()
+    except Exception as exc:  # Ray wraps the worker's error; say where the run stands and how to go on
+        done = list_checkpoints(train_dir)
+        where = f"last checkpoint at step {done[-1][0]}" if done else "no checkpoint yet"
+        raise SFTError(
+            f"SFT run {cfg.name!r} failed ({where}): {exc}\nrerun with --resume to continue"
+        ) from exc
+
+
+def run_sft(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> SFTResult:
+    """Train as configured; returns where the checkpoints, metrics table and loss curve are."""
     started = time.perf_counter()
     # The config's run_dir (resolved against the config's folder) must not land in a Ray job's working dir.
     check_run_dir(cfg.run_dir, what="the SFT config's run_dir")
@@ -484,46 +534,26 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> SFT
             raise
         raise SFTError(f"SFT run {cfg.name!r}: {user}") from None
     print(f"[sft] {cfg.name}: {plan.describe()}", flush=True)
-    res = cfg.resources
-    resources = {"CPU": res.cpus_per_worker}
-    if res.use_gpu:
-        resources["GPU"] = res.gpus_per_worker
     paths = {
         "metrics": str(sft_dir / "metrics"),
         "fault_marker": str(sft_dir / "fault-injected"),
         "train": str(train_dir),
     }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "sft": cfg.model_dump(mode="json"),
-            "plan": asdict(plan),
-            "paths": paths,
-            "run_id": uuid.uuid4().hex[:8],
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=resources
-        ),
-        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=TRAIN_DIR,
-            storage_path=str(sft_dir),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
-        ),
-        datasets={"train": training_dataset(cfg)},
-    )
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps the worker's error; say where the run stands and how to go on
-        done = list_checkpoints(train_dir)
-        where = f"last checkpoint at step {done[-1][0]}" if done else "no checkpoint yet"
-        raise SFTError(
-            f"SFT run {cfg.name!r} failed ({where}): {exc}\nrerun with --resume to continue"
-        ) from exc
+    if existing and existing[-1][0] >= plan.max_steps:
+        # Resumed at (or past) its last step: nothing to train, so no worker group starts (it would only find
+        # the same; the workers' own check stays, for Ray Train restarting an attempt that failed after its
+        # last checkpoint).
+        print(
+            f"[sft] {cfg.name}: the checkpoint at step {existing[-1][0]} ends the run ({plan.max_steps} steps): "
+            "nothing to train",
+            flush=True,
+        )
+        result = None
+    else:
+        result = _fit(cfg, plan, paths, train_dir)
     # The last checkpoint Ray registered is complete by definition; marking it here as well as in the worker
     # means a marker the worker's write lost (a slow shared filesystem) cannot make the run look shorter.
-    if result.checkpoint is not None:
+    if result is not None and result.checkpoint is not None:
         final = Path(result.checkpoint.path) / HF_CHECKPOINT
         if (final / "m1_sft.json").is_file() and not (final / COMPLETE).exists():
             step = json.loads((final / "m1_sft.json").read_text())["step"]

@@ -61,18 +61,32 @@ def _metrics(run: Path, name: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def plain_run(curated_run: Path, tiny_model_dir: Path):
+def killed_run(curated_run: Path, tiny_model_dir: Path):
+    """8 steps on 2 workers, with two injected worker deaths. Rank 1 is SIGKILLed after step 5: Ray Train
+    restarts the group from the step-3 checkpoint. Rank 1 is SIGKILLed again after training ended and the step-8
+    checkpoint was reported: the third attempt finds the run complete and trains nothing. What an uninterrupted
+    run must show (loss, metrics, checkpoints, the curve) is checked on this run too; the demo and the cluster
+    job run uninterrupted fits."""
     from sft.config import load_sft_config
     from sft.train import run_sft
 
-    return run_sft(load_sft_config(_config(curated_run, tiny_model_dir, "plain")))
+    faults = [
+        {"at_step": 5, "rank": 1, "kind": "kill"},
+        {"at_step": 8, "rank": 1, "kind": "kill", "when": "train_end"},
+    ]
+    cfg = load_sft_config(
+        _config(curated_run, tiny_model_dir, "killed"),
+        {"inject_failure": faults, "resources.max_failures": 2},
+    )
+    return cfg, run_sft(cfg)
 
 
-def test_loss_decreases_metrics_and_curve(plain_run, curated_run: Path) -> None:
-    assert plain_run.steps == 8
-    # Checkpoints every 3 steps and at the end, each in HF format.
-    assert [_trainer_state(c)["global_step"] for c in plain_run.checkpoints] == [3, 6, 8]
-    rows = _metrics(curated_run, "plain")
+def test_loss_decreases_metrics_and_curve(killed_run, curated_run: Path) -> None:
+    _, result = killed_run
+    assert result.steps == 8
+    # Checkpoints every 3 steps and at the end, each in HF format (3 by the first attempt, 6 and 8 by the second).
+    assert [_trainer_state(c)["global_step"] for c in result.checkpoints] == [3, 6, 8]
+    rows = _metrics(curated_run, "killed")
     assert [r["step"] for r in rows] == list(range(1, 9))
     losses = [r["loss"] for r in rows]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
@@ -82,16 +96,17 @@ def test_loss_decreases_metrics_and_curve(plain_run, curated_run: Path) -> None:
     assert all(0 < r["padding_share"] < 1 for r in rows)  # unpacked batches of 2 are padded
     assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in rows)
     assert rows[0]["learning_rate"] == 0.0 and max(r["learning_rate"] for r in rows) == pytest.approx(1e-3)
-    png = Path(plain_run.loss_png)
+    png = Path(result.loss_png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_checkpoint_reloads_in_transformers(plain_run, tiny_model_dir: Path) -> None:
+def test_checkpoint_reloads_in_transformers(killed_run, tiny_model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(plain_run.checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(plain_run.checkpoint).eval()
+    _, result = killed_run
+    tok = AutoTokenizer.from_pretrained(result.checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(result.checkpoint).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)  # it trained
     prompt = (
@@ -107,30 +122,19 @@ def test_checkpoint_reloads_in_transformers(plain_run, tiny_model_dir: Path) -> 
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
-def test_killed_worker_resumes_with_the_same_number_of_steps(
-    plain_run, curated_run: Path, tiny_model_dir: Path
-) -> None:
-    """Rank 1 is SIGKILLed after step 5; Ray Train restarts the group from the step-3 checkpoint and the run
-    ends with exactly as many optimizer steps as the uninterrupted one."""
-    from sft.config import load_sft_config
-    from sft.train import run_sft
-
-    cfg = load_sft_config(
-        _config(curated_run, tiny_model_dir, "killed"),
-        {"inject_failure": {"at_step": 5, "rank": 1, "kind": "kill"}},
-    )
-    result = run_sft(cfg)
-    marker = Path(cfg.run_dir) / "sft" / "killed" / "fault-injected"
-    assert "injected kill at step 5 on rank 1" in marker.read_text()
+def test_killed_worker_resumes_with_the_same_number_of_steps(killed_run, curated_run: Path) -> None:
+    """Both deaths happened once; the run ends with exactly as many optimizer steps as configured, one metrics
+    row per step, and no step past the end (the third attempt trained nothing)."""
+    cfg, result = killed_run
+    sft_dir = Path(cfg.run_dir) / "sft" / "killed"
+    assert "injected kill at step_end of step 5 on rank 1" in (sft_dir / "fault-injected-0").read_text()
+    assert "injected kill at train_end of step 8 on rank 1" in (sft_dir / "fault-injected-1").read_text()
     final = _trainer_state(result.checkpoint)
-    assert final["global_step"] == plain_run.steps == 8
-    assert final["max_steps"] == _trainer_state(plain_run.checkpoint)["max_steps"]
+    assert final["global_step"] == final["max_steps"] == 8
     rows = _metrics(curated_run, "killed")
     assert [r["step"] for r in rows] == list(range(1, 9))  # one row per step, the restarted attempt's after 3
     attempts = [r["attempt"] for r in rows]
     assert len(set(attempts)) == 2 and len(set(attempts[3:])) == 1 and attempts[0] != attempts[-1]
-    # The other run's rows are untouched in the shared table.
-    assert len(_metrics(curated_run, "plain")) == 8
 
 
 def test_cli_with_fsdp_refuses_to_overwrite_then_resumes(
@@ -176,9 +180,13 @@ def test_cli_with_fsdp_refuses_to_overwrite_then_resumes(
     assert all(r["loss"] == r["loss"] and r["loss"] < 20 for r in rows)  # finite
     # Packed rows of up to 1024 tokens hold several examples each.
     assert all(r["examples"] > 4 for r in rows)
-    # Resumed at its last step (as Ray Train restarts an attempt that failed after its final checkpoint), the
-    # run trains nothing more: transformers' Trainer alone would run a 6th step.
+    # Resumed at its last step, the run trains nothing more and starts no worker group (transformers' Trainer
+    # alone would run a 6th step; the workers' own check for Ray Train's restarts is in the killed run).
+    checkpoints = list_checkpoints(curated_run / "sft" / "cli" / "train")
     assert main(["sft", str(config), "--resume", "--set", "train.max_steps=5"]) == 0
+    out = capsys.readouterr().out
+    assert "the checkpoint at step 5 ends the run (5 steps): nothing to train" in out
+    assert list_checkpoints(curated_run / "sft" / "cli" / "train") == checkpoints
     assert [(r["step"], r["loss"]) for r in _metrics(curated_run, "cli")] == [
         (r["step"], r["loss"]) for r in rows
     ]
