@@ -193,11 +193,23 @@ def run_pipeline(cfg: CurationConfig, run_dir: Path, **kwargs: Any) -> dict[str,
     return {r["name"]: r for r in records}
 
 
-@pytest.fixture
-def ingested(ray_local: None, tmp_path: Path) -> tuple[Path, CurationConfig]:
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def ingested_once(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CurationConfig]:
+    """The CPU stages (ingest, dedup, decontaminate) run once for the module on the real Ray path."""
+    run_dir = tmp_path_factory.mktemp("ingested") / "run"
     cfg = CurationConfig.model_validate({**llm_config("http://127.0.0.1:9/v1"), "score": {}, "teacher": {}})
     run_pipeline(cfg, run_dir)
+    return run_dir, cfg
+
+
+@pytest.fixture
+def ingested(ingested_once: tuple[Path, CurationConfig], tmp_path: Path) -> tuple[Path, CurationConfig]:
+    """A copy of the ingested run per test (a run directory is relocatable), for the test's own LLM stages."""
+    import shutil
+
+    source, cfg = ingested_once
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
     return run_dir, cfg
 
 
