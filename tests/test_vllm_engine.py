@@ -278,47 +278,15 @@ def test_config_rejects_unknown_keys_and_too_few_gpus() -> None:
 
 
 @pytest.mark.slow
-def test_run_requests_dispatches_to_vllm_and_resumes(
-    ray_local: None, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    from curation.engines import run_requests
-
-    requests = [
-        make_request(f"r{i}", "tiny", prompt=f"Patient {i} has", temperature=0, max_tokens=4)
-        for i in range(5)
-    ]
-    requests.append(make_request("r0-again", "tiny", prompt="Patient 0 has", temperature=0, max_tokens=4))
-    cfg = _engine_cfg(
-        tiny_model_dir, batch_size=2, engine_core_process=True
-    )  # the GPU default: a child process
-    ledger_uri = str(tmp_path / "ledger")
-
-    first = _collect(
-        run_requests(requests_table(requests), cfg, ledger_uri=ledger_uri, progress=False)
-    ).to_pylist()
-    assert sorted(r["key"] for r in first) == sorted(r["key"] for r in requests)
-    assert all(r["error"] is None and r["engine"] == "vllm" and not r["cached"] for r in first)
-    assert len(Ledger(ledger_uri).answered_ids()) == 5  # the repeated request was generated once
-    texts = {r["key"]: r["text"] for r in first}
-    assert texts["r0-again"] == texts["r0"]
-
-    # A rerun finds every id in the ledger: no engine starts, the stored answers come back marked cached.
-    second = _collect(
-        run_requests(requests_table(requests), cfg, ledger_uri=ledger_uri, progress=False)
-    ).to_pylist()
-    assert all(r["cached"] for r in second)
-    assert {r["key"]: r["text"] for r in second} == {r["key"]: r["text"] for r in first}
-
-
-@pytest.mark.slow
 def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     ray_local: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Salted attempts, a duplicate and a bad row stream through vLLM replicas; the rerun is all ledger, and a
-    rerun of the answered rows loads no engine."""
+    """Salted attempts, a duplicate and a bad row stream through vLLM replicas; a rerun through `run_requests`
+    (the eager entry point, with the engine core in a child process, the GPU default) answers from the ledger
+    and generates only what is new; a rerun of the answered rows loads no engine."""
     import ray.data
 
-    from curation.engines import map_requests
+    from curation.engines import map_requests, run_requests
 
     requests = [
         make_request(f"m{i}", "tiny", prompt=f"Patient {i} has", temperature=0, max_tokens=4)
@@ -347,19 +315,26 @@ def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     assert rows["m0-again"]["text"] == rows["m0"]["text"]
     assert len(Ledger(ledger_uri).answered_ids()) == 9  # 6 prompts + 3 salted attempts; the twin once
 
-    second = run()
-    assert second.num_rows == table.num_rows
+    # One new salted attempt joins the rerun: the child-process core generates it, the rest is the ledger's.
+    new = make_request("s|3", "tiny", prompt="A salted prompt", temperature=0.9, max_tokens=4, _attempt=3)
+    rerun = pa.concat_tables([table, requests_table([new])])
+    child_core = _engine_cfg(tiny_model_dir, batch_size=4, engine_core_process=True)
+    second = _collect(run_requests(rerun, child_core, ledger_uri=ledger_uri, progress=False))
+    assert second.num_rows == rerun.num_rows
     again = {r["key"]: r for r in second.to_pylist()}
-    assert all(r["cached"] for k, r in again.items() if k != "bad") and again["bad"]["error"]
-    assert {k: r["text"] for k, r in again.items()} == {k: r["text"] for k, r in rows.items()}
+    assert all(r["cached"] for k, r in again.items() if k not in ("bad", "s|3")) and again["bad"]["error"]
+    assert again["s|3"]["error"] is None and not again["s|3"]["cached"] and again["s|3"]["engine"] == "vllm"
+    assert again["s|3"]["completion_tokens"] > 0
+    assert {k: r["text"] for k, r in again.items() if k != "s|3"} == {k: r["text"] for k, r in rows.items()}
+    assert len(Ledger(ledger_uri).answered_ids()) == 10
 
     # Every request in the ledger: no replica loads vLLM. This engine points at a model directory that does not
     # exist, so loading it would fail the run: a passing run proves no engine was loaded (request ids name the
     # request's model, not the engine's path).
-    answered = table.filter(pc.not_equal(table.column("key"), "bad"))
+    answered = rerun.filter(pc.not_equal(rerun.column("key"), "bad"))
     third = run(answered, _engine_cfg(tmp_path / "no-such-model", batch_size=4))
-    assert third.num_rows == answered.num_rows == table.num_rows - 1
+    assert third.num_rows == answered.num_rows == rerun.num_rows - 1
     assert all(r["cached"] and r["error"] is None for r in third.to_pylist())
     assert {r["key"]: r["text"] for r in third.to_pylist()} == {
-        k: r["text"] for k, r in rows.items() if k != "bad"
+        k: r["text"] for k, r in again.items() if k != "bad"
     }
