@@ -38,8 +38,11 @@ browser:
 # More workers overload Ray's node start-up (its 30 s raylet registration limit is not configurable).
 # Whole modules per worker, heaviest first (tests/conftest.py): module fixtures are built once. The 20 slowest
 # tests are printed at the end, so every CI log shows where the suite's time goes.
+# The environment and the browser install side by side (pip and apt-get do not share anything), then lint.
 TEST_WORKERS ?= 2
-test: lint browser
+test:
+	$(MAKE) -j 2 setup browser
+	$(MAKE) lint
 	$(VENV)/bin/pytest -q -rs -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=20
 
 format: setup

