@@ -122,9 +122,29 @@ def _close(got: list, want: list) -> bool:
     return True
 
 
+def check_dry_run(run_dir: str) -> None:
+    """`m1 demo --dry-run`: the free stages run, the LLM stages print their plan and cost and send nothing."""
+    out = m1("demo", "--run-dir", run_dir, "--dry-run")
+    assert out.returncode == 0, out.stderr[-3000:]
+    # Two scorers, one sample each, over the candidates that dedup and decontamination leave.
+    n = RunStore(run_dir, create=False).tables()["candidates"]["rows"]
+    assert 0 < n < 311
+    assert (
+        f"[score] dry run: tiny-greedy, tiny-sampled on engine tiny: {2 * n} requests, {2 * n} to send"
+        in out.stdout
+    )
+    assert "[teacher] dry run: " in out.stdout and "assuming m1's hard share" in out.stdout
+    assert "expected $" in out.stdout
+    assert Ledger(RunStore(run_dir, create=False).ledger_uri).read().num_rows == 0
+    assert "score" not in RunStore(run_dir, create=False).manifest["stages"]
+
+
 @pytest.mark.slow
-def test_demo_end_to_end_and_rerun_pays_nothing(tmp_path):
+def test_demo_dry_run_then_end_to_end_and_rerun_pays_nothing(tmp_path):
+    """A dry run first (its free stages are then reused: `m1 curate` runs those from scratch in one process in
+    test_object_store's demo chain and as jobs in test_cluster), then the whole chain, then a rerun."""
     run_dir = str(tmp_path / "demo")
+    check_dry_run(run_dir)
     out = m1("demo", "--run-dir", run_dir)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     store = RunStore(run_dir, create=False)
@@ -187,20 +207,3 @@ def test_demo_end_to_end_and_rerun_pays_nothing(tmp_path):
     assert len(Ledger(store.ledger_uri).answered_ids()) == answered
     assert "already finished 8 steps: reusing" in again.stdout
     assert "cells finished; nothing to run" in again.stdout
-
-
-@pytest.mark.slow
-def test_demo_dry_run_sends_nothing(tmp_path):
-    run_dir = str(tmp_path / "demo")
-    out = m1("demo", "--run-dir", run_dir, "--dry-run")
-    assert out.returncode == 0, out.stderr[-3000:]
-    # Two scorers, one sample each, over the candidates that dedup and decontamination leave.
-    n = RunStore(run_dir, create=False).tables()["candidates"]["rows"]
-    assert 0 < n < 311
-    assert (
-        f"[score] dry run: tiny-greedy, tiny-sampled on engine tiny: {2 * n} requests, {2 * n} to send"
-        in out.stdout
-    )
-    assert "[teacher] dry run: " in out.stdout and "assuming m1's hard share" in out.stdout
-    assert "expected $" in out.stdout
-    assert Ledger(RunStore(run_dir, create=False).ledger_uri).read().num_rows == 0

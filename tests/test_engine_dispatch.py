@@ -259,5 +259,5 @@ def test_ledger_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         )
 
 
-# The vllm branch of the dispatch (run_requests -> vLLM replicas, a twin generated once, a rerun all cached) is
-# tests/test_vllm_engine.py::test_run_requests_dispatches_to_vllm_and_resumes.
+# The vllm branch of the dispatch (run_requests -> vLLM replicas: cached rows from the ledger, a new row generated)
+# is the rerun in tests/test_vllm_engine.py::test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing.
