@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from curation.config import ConfigError, NestedError, Strict, format_validation_error, load_yaml
 
@@ -126,12 +126,12 @@ class SFTConfig(Strict):
     resources: ResourceOptions = Field(default_factory=ResourceOptions)
     ray_address: str | None = None  # null: join RAY_ADDRESS if set, else start a local Ray
     # One failure or several (each happens once); max_failures must allow for all of them.
-    inject_failure: FaultInjection | list[FaultInjection] | None = None
+    inject_failure: list[FaultInjection] = Field(default_factory=list)
 
-    @property
-    def fault_injections(self) -> list[FaultInjection]:
-        f = self.inject_failure
-        return [] if f is None else [f] if isinstance(f, FaultInjection) else list(f)
+    @field_validator("inject_failure", mode="before")
+    @classmethod
+    def _one_failure_is_a_list_of_one(cls, value: object) -> object:
+        return [] if value is None else [value] if isinstance(value, dict | FaultInjection) else value
 
     @model_validator(mode="after")
     def _run_dir_named(self) -> SFTConfig:

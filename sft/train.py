@@ -241,7 +241,7 @@ def _callbacks(cfg: SFTConfig, plan: Plan, paths: dict[str, str], rank: int, att
             self.part += 1
 
     callbacks: list[Any] = [SaveSchedule(), MetricsWriter(), ReportCheckpoint()]
-    faults = [(i, f) for i, f in enumerate(cfg.fault_injections) if f.rank == rank]
+    faults = [(i, f) for i, f in enumerate(cfg.inject_failure) if f.rank == rank]
     if faults:
 
         class InjectFailure(TrainerCallback):
@@ -561,6 +561,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> SFT
     checkpoints = list_checkpoints(train_dir)
     if not checkpoints:
         raise SFTError(f"SFT run {cfg.name!r} finished but left no checkpoint in {train_dir}")
+    # Also when nothing trained: a run killed after its last checkpoint but before this commit gets its table.
     rows = commit_metrics(store, cfg.name, paths["metrics"])
     png = plot_loss(store, cfg.name, sft_dir / "loss.png")
     return SFTResult(
