@@ -19,6 +19,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Ray's log monitor lists the session's log folder every 0.1 s while it holds under 1,000 files, and a session
+# cluster gathers hundreds of worker logs: threshold 0 lists it every 0.5 s (with 207 files: 1.38 -> 0.60 CPU-s a
+# minute; the session clusters' monitors took ~35 CPU-s of a suite run).
+os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
 # What a local Ray of the pipeline gets (workers at nice 0, Ray Train polled every 0.25 s), for every cluster the
 # tests start: the session's, the CLIs' in subprocesses, and `ray start` nodes.
 local_ray_env()

@@ -6,10 +6,11 @@ cluster/submit.sh. Checked:
 - the demo pipeline (the stages before the first LLM stage) as a job: its tables, exact accounting, and which
   code ran (commit from the job metadata, code hash);
 - a resubmission from a working dir that Ray unpacks elsewhere resumes instead of recomputing;
-- the same pipeline as a job writing its run to an S3-compatible store (moto_server on loopback);
+- the same pipeline, submitted with `ray job submit` itself, writing its run to an S3-compatible store
+  (moto_server on loopback);
 - `m1 sft` and `m1 eval` as jobs, on shared storage;
 - last (one cluster serves the module): the worker node's raylet SIGKILLed in the middle of an ingest: exact
-  counts, and tables identical to a clean run's.
+  counts, and tables identical to the in-process reference ingest's (`ingest_in_process`).
 """
 
 from __future__ import annotations
@@ -108,13 +109,9 @@ def manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def table(run_dir: Path, name: str) -> Any:
-    """A committed table, in a canonical order and without the ingestion timestamp (it differs per run)."""
+    """A committed table, canonical (see `canonical`)."""
     entry = manifest(run_dir)["tables"][name]
-    t = pq.read_table(run_dir / entry["path"])
-    if "ingested_at" in t.column_names:
-        t = t.drop_columns(["ingested_at"])
-    keys = [c for c in ("source", "source_ref", "qid", "reason") if c in t.column_names]
-    return t.sort_by([(k, "ascending") for k in keys])
+    return canonical(pq.read_table(run_dir / entry["path"]))
 
 
 def check_accounting(m: dict[str, Any], stages: list[str]) -> None:
@@ -178,21 +175,36 @@ def test_demo_pipeline_as_a_job(cluster: LocalCluster, demo_run: tuple[Path, str
     assert "[ingest] running" in out
 
 
-def test_raw_ray_job_submit_with_m1_on_the_nodes_path(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_raw_ray_job_submit_with_m1_on_the_nodes_path_writes_its_run_to_s3(
+    cluster: LocalCluster, s3_bucket: str
+) -> None:
     """The README's command without the wrapper, entrypoint `m1`: the console script resolves because
-    cluster/start-node.sh put the venv on the nodes' PATH (the nodes here start with a PATH that lacks it)."""
-    run_dir = tmp_path / "shared" / "raw"
+    cluster/start-node.sh put the venv on the nodes' PATH (the nodes here start with a PATH that lacks it). The
+    demo pipeline's free stages, with --run-dir on the object store (test_object_store has the rest of
+    object-store runs): every table, the manifest and the catalog land there, readable by `m1 sql`."""
+    from curation.store.runstore import RunStore
+
+    run = f"{s3_bucket}/runs/job"
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--working-dir", "."]
     cmd += ["--runtime-env", "cluster/runtime_env.yaml", "--"]
-    cmd += ["m1", "curate", "demo", "--stages", "ingest", "--run-dir", str(run_dir)]
+    cmd += ["m1", "curate", "demo", "--stages", ",".join(free_stages()), "--run-dir", run]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    m = manifest(run_dir)
-    check_accounting(m, ["ingest"])
-    assert m["stages"]["ingest"]["rows_in"] == 341
-    assert m["ray_job"].startswith("raysubmit_") and re.fullmatch(r"[0-9a-f]{16}", m["code_hash"])
+    job_id = re.search(r"Job '(raysubmit_\w+)' submitted", out.stdout + out.stderr).group(1)
+    m = RunStore(run, create=False).manifest
+    check_accounting(m, free_stages())
+    assert m["stages"]["ingest"]["rows_in"] == 341 and cluster.alive_nodes() == 2
+    assert m["ray_job"] == job_id and re.fullmatch(r"[0-9a-f]{16}", m["code_hash"])
+    sql = subprocess.run(
+        [str(BIN / "m1"), "sql", run, "SELECT count(*) AS n FROM candidates", "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert sql.returncode == 0 and json.loads(sql.stdout)["n"] == m["tables"]["candidates"]["rows"], (
+        sql.stderr
+    )
 
 
 def test_relative_run_dir_is_refused_as_a_job(cluster: LocalCluster) -> None:
@@ -243,32 +255,6 @@ def test_resubmission_from_a_moved_working_dir_resumes(
     after = manifest(run_dir)
     assert after["stages"]["ingest"] == before["stages"]["ingest"]
     assert after["tables"] == before["tables"]
-
-
-# ---- a job writing its run to s3 ----------------------------------------------------------------------------
-
-
-def test_a_job_writes_its_run_to_s3(cluster: LocalCluster, s3_bucket: str) -> None:
-    """The demo pipeline's free stages as a job whose --run-dir is on the object store (test_object_store has
-    the rest of object-store runs): every table, the manifest and the catalog land there, readable by `m1 sql`."""
-    from curation.store.runstore import RunStore
-
-    run = f"{s3_bucket}/runs/job"
-    job_id, out = submit(
-        cluster, "curate", "curation/configs/demo.yaml", "--stages", ",".join(free_stages()), "--run-dir", run
-    )
-    assert f"Job '{job_id}' succeeded" in out and cluster.alive_nodes() == 2
-    m = RunStore(run, create=False).manifest
-    check_accounting(m, free_stages())
-    assert m["ray_job"] == job_id
-    sql = subprocess.run(
-        [str(BIN / "m1"), "sql", run, "SELECT count(*) AS n FROM candidates", "--format", "json"],
-        capture_output=True,
-        text=True,
-    )
-    assert sql.returncode == 0 and json.loads(sql.stdout)["n"] == m["tables"]["candidates"]["rows"], (
-        sql.stderr
-    )
 
 
 # ---- m1 sft and m1 eval as jobs, the same way ------------------------------------------------------------
@@ -392,12 +378,22 @@ def synth_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_synth_run(
-    cluster: LocalCluster, synth_config: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    run_dir = tmp_path_factory.mktemp("shared") / "clean"
-    submit(cluster, "curate", str(synth_config), "--stages", "ingest", "--run-dir", str(run_dir))
-    return run_dir
+def reference_ingest(synth_config: Path) -> Any:
+    """The same ingest in this process (`ingest_in_process`, the reference test_ingest holds the Ray stage to): the
+    tables and counts the killed job must end with, without a second 120,000-row job on the cluster."""
+    from curation.config import load_config
+    from curation.stages.ingest import ingest_in_process
+
+    cfg = load_config(synth_config)
+    return ingest_in_process(cfg.sources, cfg.ingest)
+
+
+def canonical(t: Any) -> Any:
+    """A table in a canonical order and without the ingestion timestamp (it differs per run)."""
+    if "ingested_at" in t.column_names:
+        t = t.drop_columns(["ingested_at"])
+    keys = [c for c in ("source", "source_ref", "qid", "reason") if c in t.column_names]
+    return t.sort_by([(k, "ascending") for k in keys])
 
 
 def worker_node_id(cluster: LocalCluster) -> str:
@@ -413,7 +409,7 @@ def running_tasks_on(cluster: LocalCluster, node_id: str) -> int:
 
 
 def test_worker_raylet_killed_mid_ingest(
-    cluster: LocalCluster, synth_config: Path, clean_synth_run: Path, tmp_path_factory
+    cluster: LocalCluster, synth_config: Path, reference_ingest: Any, tmp_path_factory
 ) -> None:
     # The module's last test: the cluster has one node left afterwards.
     run_dir = tmp_path_factory.mktemp("shared") / "killed"
@@ -447,11 +443,18 @@ def test_worker_raylet_killed_mid_ingest(
     assert info["status"] == "SUCCEEDED", logs[-4000:]
     assert info["end_time"] / 1000 > killed_at  # the job was still running when the node died
     assert {n["node_id"]: n["state"] for n in cluster.node_states()}[worker_id] == "DEAD"
-    # Exact counts, and the same tables as the clean run, row for row.
-    clean, killed = manifest(clean_synth_run), manifest(run_dir)
+    # Exact counts, and the reference's tables, row for row.
+    killed = manifest(run_dir)
     check_accounting(killed, ["ingest"])
-    keys = ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason", "outputs")
-    assert {k: killed["stages"]["ingest"][k] for k in keys} == {k: clean["stages"]["ingest"][k] for k in keys}
-    assert killed["stages"]["ingest"]["rows_in"] == SYNTH_ROWS
-    for name in clean["tables"]:
-        assert table(run_dir, name).equals(table(clean_synth_run, name)), name
+    ref = reference_ingest
+    record = killed["stages"]["ingest"]
+    assert (record["rows_in"], record["rows_out"], record["rows_rejected"]) == (
+        SYNTH_ROWS,
+        ref.questions.num_rows,
+        ref.rejects.num_rows,
+    )
+    assert record["rejected_by_reason"] == dict(ref.counts.by_reason) and record["rows_rejected"] > 0
+    assert record["ingest_sources"] == ref.counts.per_source
+    assert record["outputs"] == {"questions": ref.questions.num_rows, "rejects/ingest": ref.rejects.num_rows}
+    assert table(run_dir, "questions").equals(canonical(ref.questions))
+    assert table(run_dir, "rejects/ingest").equals(canonical(ref.rejects))
