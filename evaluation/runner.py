@@ -88,8 +88,11 @@ class BudgetRunner:
         system: str | None = None,
         sampling: dict[str, Any] | None = None,
         keep_ids: bool = True,
+        context_limit: int | None = None,
     ) -> None:
         self.llm = llm
+        # The context to check prompts against when there is no engine yet (``llm`` None: `check_fits` before a load).
+        self.context_limit = context_limit
         self.tokenizer = tokenizer
         self.protocol = protocol or Protocol()
         self.tp = TokenProtocol.from_tokenizer(tokenizer, self.protocol)
@@ -166,8 +169,7 @@ class BudgetRunner:
             budgets = [0]
         if prefix_reuse and self.sampling.get("temperature", 0) > 0:
             raise ValueError("prefix reuse needs greedy decoding (temperature 0); set prefix_reuse: false")
-        prompts = [self.prompt_ids(s) for s in samples]
-        self._check_length(samples, prompts, max(budgets))
+        prompts = self.check_fits(samples, budgets, protocol=protocol)
         plan = plan_budgets(budgets, prefix_reuse=prefix_reuse)
         generated_budgets = list(plan.generate)
         pairs = [(i, b) for i in range(len(samples)) for b in generated_budgets]
@@ -210,9 +212,30 @@ class BudgetRunner:
         return results
 
     def max_model_len(self) -> int | None:
-        """The engine's context length (None when the engine does not say)."""
+        """The engine's context length (None when the engine does not say); without an engine, ``context_limit``."""
+        if self.llm is None:
+            return self.context_limit
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         return getattr(config, "max_model_len", None)
+
+    def check_fits(
+        self, samples: Sequence[Sample], budgets: Sequence[int], *, protocol: ProtocolName = "budget"
+    ) -> list[list[int]]:
+        """The samples' prompt ids, once every prompt with the largest budget (and, in the budget protocols, the
+        answer stage) fits the context; a `UserError` naming the question otherwise. Needs no engine when
+        ``context_limit`` is given, so a sweep can refuse a budget before loading a model."""
+        prompts = [self.prompt_ids(s) for s in samples]
+        if protocol == "cot":
+            limit = self.max_model_len()
+            for sample, prompt in zip(samples, prompts, strict=True):
+                if limit is not None and len(prompt) + max(budgets) > limit:
+                    raise UserError(
+                        f"question {sample.sample_id}: prompt {len(prompt)} + {max(budgets)} new tokens exceed "
+                        f"the model's context of {limit}"
+                    )
+            return prompts
+        self._check_length(samples, prompts, 0 if protocol == "no_thinking" else max(budgets))
+        return prompts
 
     def _check_length(self, samples: Sequence[Sample], prompts: Sequence[list[int]], budget: int) -> None:
         """Refuse up front a question whose prompt + thinking budget + answer cannot fit the context: vLLM would
@@ -237,14 +260,7 @@ class BudgetRunner:
 
     def _cot(self, samples: Sequence[Sample], budgets: Sequence[int]) -> list[Generated]:
         """Plain chat-template CoT: one generation of at most ``budget`` tokens; the answer is the whole text."""
-        prompts = [self.prompt_ids(s) for s in samples]
-        limit = self.max_model_len()
-        for sample, prompt in zip(samples, prompts, strict=True):
-            if limit is not None and len(prompt) + max(budgets) > limit:
-                raise UserError(
-                    f"question {sample.sample_id}: prompt {len(prompt)} + {max(budgets)} new tokens exceed the "
-                    f"model's context of {limit}"
-                )
+        prompts = self.check_fits(samples, budgets, protocol="cot")
         order = [(i, b) for i in range(len(samples)) for b in sorted(set(budgets))]
         outputs = self._generate([prompts[i] for i, _ in order], [b for _, b in order])
         results = []

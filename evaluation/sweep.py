@@ -298,6 +298,27 @@ def plan_tasks(
     return tasks, hashes
 
 
+def check_tasks_fit(model: EvalModel, cfg: EvalConfig, tasks: Sequence[Task]) -> None:
+    """With ``max_model_len`` set, refuse a budget the context cannot hold before any engine loads (minutes for
+    a large model on GPUs): the model's tokenizer alone renders the prompts. Without it, the actors check against
+    the context vLLM derives, once loaded."""
+    if model.max_model_len is None or not tasks:
+        return
+    from transformers import AutoTokenizer
+
+    from evaluation.runner import BudgetRunner
+
+    tokenizer = AutoTokenizer.from_pretrained(model.model)
+    runner = BudgetRunner(
+        None, tokenizer, cfg.markers.protocol(), system=model.system, context_limit=model.max_model_len
+    )
+    for task in tasks:
+        try:
+            runner.check_fits(task.samples, task.budgets, protocol=task.protocol)  # type: ignore[arg-type]
+        except UserError as exc:
+            raise UserError(f"model {model.name}: {exc}") from None
+
+
 def ensure_ray(cfg: EvalConfig) -> None:
     import ray
 
@@ -338,6 +359,7 @@ def run_eval(cfg: EvalConfig, run_dir: str, *, log: Callable[[str], None] = prin
             log(f"m1 eval: {model.name}: all {total} cells finished; nothing to run")
             continue
         log(f"m1 eval: {model.name}: {len(todo_cells)} of {total} cells to run in {len(tasks)} tasks")
+        check_tasks_fit(model, cfg, tasks)
         worker_cls = ray.remote(num_cpus=model.cpus_per_replica, num_gpus=model.gpus_per_replica)(EvalWorker)
         actors = [
             worker_cls.remote(model.model_dump(), cfg.markers.model_dump(), sampling)

@@ -256,10 +256,14 @@ def test_grid_streams_cells_and_resumes(ray_local, tiny_model_dir: Path, tmp_pat
     # m1 eval writes the table and one accuracy-vs-budget plot per model into RUN/eval
     assert "| tiny | bench0 | budget | 1 |" in (Path(run_dir) / "eval" / "accuracy.md").read_text()
     assert (Path(run_dir) / "eval" / "accuracy-tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a budget the context cannot hold is a user error naming the question, raised from inside the actor
+    # a budget the context cannot hold is a user error naming the model and the question, raised before any
+    # engine loads: this config's engine_kwargs make vLLM refuse to start, which would be another error (the check
+    # inside a loaded engine is test_eval_engine's)
     from curation.errors import UserError
 
-    too_long = eval_config_from(_config(tiny_model_dir, benches[:1], budgets=[8, 1020], forcing=[0]))
+    raw = _config(tiny_model_dir, benches[:1], budgets=[8, 1020], forcing=[0])
+    raw["models"][0]["engine_kwargs"]["no_such_vllm_argument"] = 1
+    too_long = eval_config_from(raw)
     with pytest.raises(UserError, match=r"model tiny: question bench0:0: prompt \d+ \+ budget 1020"):
         run_eval(too_long, str(tmp_path / "run-too-long"), log=lambda _: None)
 
