@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,26 +67,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+# Modules that run clusters of their own for minutes (`ray start` nodes, CLI processes each with its own Ray): the
+# session's cluster is stopped when one of them begins, rather than idling beside them (a local Ray with its idle
+# workers takes ~0.06 CPU-s a second), and started again by the next module that asks for it (~5 CPU-s).
+OWN_CLUSTERS = frozenset({"test_cluster", "test_object_store", "test_demo", "test_teacher_kill"})
+
+
+def _session_ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    """One local Ray cluster for the session, in its own temp dir; ray.shutdown() stops only its processes."""
+    """The session's local Ray cluster, in its own temp dir: started on first use and kept for the modules that
+    follow (see OWN_CLUSTERS); ray.shutdown() stops only its processes."""
     import ray
 
-    if ray.is_initialized():
-        yield
-        return
-    # A short temp dir: Ray's socket paths must stay under the 107-byte limit.
-    temp_dir = tempfile.mkdtemp(prefix="m1ray-", dir="/tmp")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}},
-    )
-    try:
-        yield
-    finally:
+    if not ray.is_initialized():
+        # A short temp dir: Ray's socket paths must stay under the 107-byte limit.
+        temp_dir = tempfile.mkdtemp(prefix="m1ray-", dir="/tmp")
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}},
+        )
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_idle_session_ray(request: pytest.FixtureRequest) -> None:
+    if request.path.stem in OWN_CLUSTERS and _session_ray_running():
+        import ray
+
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_session_ray() -> Iterator[None]:
+    yield
+    if _session_ray_running():
+        import ray
+
         ray.shutdown()
 
 
