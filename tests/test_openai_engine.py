@@ -153,7 +153,8 @@ def test_every_request_ends_in_exactly_one_row_under_every_fault(
     url = srv.start()
     try:
         requests = _requests(300, f"faults-{transport}")
-        cfg = _cfg(url, transport=transport, timeout_s=0.4, max_attempts=4, api_key_env=KEY_ENV)
+        # A 0.8 s timeout abandons the 1.2 s slow answers and leaves a loaded machine time to read the others.
+        cfg = _cfg(url, transport=transport, timeout_s=0.8, max_attempts=4, api_key_env=KEY_ENV)
         out = send_local(requests, cfg, str(tmp_path))
         time.sleep(1.0)  # let the server finish answering abandoned slow requests before reading its counts
         stats = srv.stats()
@@ -175,9 +176,11 @@ def test_every_request_ends_in_exactly_one_row_under_every_fault(
     ):
         assert stats["by_outcome"].get(kind, 0) > 0, kind
     assert stats["by_outcome"].get("slow_abandoned", 0) > 0
-    # ...and the attempts recorded per row are the attempts the server saw. An attempt whose 0.4 s timeout fires
-    # before the server's handler reads it (seen once under load 8, on the run's first request while its
-    # connection opened) is one the client counts and the server does not: at most a few of those.
+    # ...and the attempts recorded per row are the attempts the server saw. An attempt whose timeout fires before
+    # the server's handler reads it (the server is a thread of this process: under load it can fall behind) is one
+    # the client counts and the server does not: at most one per row, and far fewer than one per row in all (a
+    # client that counted one attempt too many would show it on all 300 rows; CI once saw 32 with a 0.4 s timeout
+    # while the other xdist worker ran a Ray cluster beside it).
     unseen = 0
     for row in out.to_pylist():
         seen = stats["attempts_by_request"][row["request_id"]]
@@ -191,7 +194,7 @@ def test_every_request_ends_in_exactly_one_row_under_every_fault(
             assert f"request {row['request_id']} (key {row['key']!r})" in row["error"]
             assert row["text"] is None
         assert CLIENT_KEY not in (row["error"] or "")
-    assert unseen <= 3, unseen
+    assert unseen <= 30, unseen
     errors = out.column("error").null_count
     assert 200 < errors < 300  # most succeed, some exhaust their attempts: both paths are exercised
     assert pc.sum(pc.equal(out.column("finish_reason"), "length")).as_py() > 0
