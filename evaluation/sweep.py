@@ -312,9 +312,14 @@ def check_tasks_fit(model: EvalModel, cfg: EvalConfig, tasks: Sequence[Task]) ->
     runner = BudgetRunner(
         None, tokenizer, cfg.markers.protocol(), system=model.system, context_limit=model.max_model_len
     )
+    # Each chunk of questions once, with its largest budget over the forcing counts (they share the prompts).
+    largest: dict[tuple[str, int], tuple[Task, int]] = {}
     for task in tasks:
+        _, budget = largest.get((task.benchmark, task.chunk), (task, 0))
+        largest[(task.benchmark, task.chunk)] = (task, max(budget, *task.budgets))
+    for task, budget in largest.values():
         try:
-            runner.check_fits(task.samples, task.budgets, protocol=task.protocol)  # type: ignore[arg-type]
+            runner.check_fits(task.samples, [budget], protocol=task.protocol)  # type: ignore[arg-type]
         except UserError as exc:
             raise UserError(f"model {model.name}: {exc}") from None
 
