@@ -79,11 +79,17 @@ def submit(
         timeout=600,
     )
     text = out.stdout + out.stderr
-    match = re.search(r"Job '(raysubmit_\w+)' submitted", text)
-    assert match, text[-3000:]
+    job_id = submitted_job_id(text)
     if "--no-wait" not in flags:
         assert out.returncode == 0, text[-4000:]
-    return match.group(1), text
+    return job_id, text
+
+
+def submitted_job_id(text: str) -> str:
+    """The job id `ray job submit` printed."""
+    match = re.search(r"Job '(raysubmit_\w+)' submitted", text)
+    assert match, text[-3000:]
+    return match.group(1)
 
 
 def job_info(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
@@ -192,7 +198,7 @@ def test_raw_ray_job_submit_with_m1_on_the_nodes_path_writes_its_run_to_s3(
     cmd += ["m1", "curate", "demo", "--stages", ",".join(free_stages()), "--run-dir", run]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    job_id = re.search(r"Job '(raysubmit_\w+)' submitted", out.stdout + out.stderr).group(1)
+    job_id = submitted_job_id(out.stdout + out.stderr)
     m = RunStore(run, create=False).manifest
     check_accounting(m, free_stages())
     assert m["stages"]["ingest"]["rows_in"] == 341 and cluster.alive_nodes() == 2
