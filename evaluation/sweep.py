@@ -344,7 +344,6 @@ def run_eval(cfg: EvalConfig, run_dir: str, *, log: Callable[[str], None] = prin
     store = RunStore(run_dir)
     benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
     done = finished_cells(store)
-    ensure_ray(cfg)
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p}
     summary: dict[str, Any] = {
         "cells_run": 0,
@@ -365,6 +364,7 @@ def run_eval(cfg: EvalConfig, run_dir: str, *, log: Callable[[str], None] = prin
             continue
         log(f"m1 eval: {model.name}: {len(todo_cells)} of {total} cells to run in {len(tasks)} tasks")
         check_tasks_fit(model, cfg, tasks)
+        ensure_ray(cfg)  # only now: a finished sweep (a rerun) starts no Ray, a too-long budget loads nothing
         worker_cls = ray.remote(num_cpus=model.cpus_per_replica, num_gpus=model.gpus_per_replica)(EvalWorker)
         actors = [
             worker_cls.remote(model.model_dump(), cfg.markers.model_dump(), sampling)

@@ -207,3 +207,6 @@ def test_demo_dry_run_then_end_to_end_and_rerun_pays_nothing(tmp_path):
     assert len(Ledger(store.ledger_uri).answered_ids()) == answered
     assert "already finished 8 steps: reusing" in again.stdout
     assert "cells finished; nothing to run" in again.stdout
+    # Nothing left to run, so the rerun starts no Ray (curate, SFT and eval each start it only for work).
+    assert "Started a local Ray instance" not in again.stdout + again.stderr
+    assert "Started a local Ray instance" in out.stdout + out.stderr
