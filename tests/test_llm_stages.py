@@ -219,11 +219,19 @@ def table(run_dir: Path, name: str) -> Any:
     return RunStore(str(run_dir)).read_table(name)
 
 
-def test_score_teacher_curate_end_to_end_with_faults(ingested: tuple[Path, CurationConfig]) -> None:
+@pytest.fixture(scope="module")
+def faulted_run(
+    ingested_once: tuple[Path, CurationConfig], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """Every stage after the CPU ones against a rehearsal server that injects rate limits, server errors,
+    malformed JSON and length cuts, then a forced rerun of the same config; checked by the two tests below."""
+    import shutil
+
     from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
 
-    run_dir, _ = ingested
-    questions = table(run_dir, "questions")
+    source, _ = ingested_once
+    run_dir = tmp_path_factory.mktemp("faulted") / "run"
+    shutil.copytree(source, run_dir)
     server_cfg = RehearsalConfig(
         pool=str(run_dir / "tables" / "questions"),
         latency_ms=0,
@@ -231,7 +239,7 @@ def test_score_teacher_curate_end_to_end_with_faults(ingested: tuple[Path, Curat
         reasoning_tokens_mean=60,
         model_correct_rates=SCORER_RATES,
         correct_rate=0.6,
-        faults=FaultRates(rate_limit=0.05, server_error=0.05, malformed_json=0.03),
+        faults=FaultRates(rate_limit=0.05, server_error=0.05, malformed_json=0.03, length=0.15),
         retry_after_s=0.01,
     )
     with RehearsalServer(server_cfg) as server:
@@ -240,8 +248,16 @@ def test_score_teacher_curate_end_to_end_with_faults(ingested: tuple[Path, Curat
         # A rerun of the same config is a no-op; forcing the LLM stages re-judges from the ledger, paying nothing.
         before = _served(server)
         rerun = run_pipeline(cfg, run_dir, force=True)
-        assert _served(server) == before, "a forced rerun sent requests the ledger already answered"
+        after = _served(server)
+    return {"run_dir": run_dir, "records": records, "rerun": rerun, "served": (before, after)}
 
+
+def test_score_teacher_curate_end_to_end_with_faults(faulted_run: dict[str, Any]) -> None:
+    run_dir, records, rerun = faulted_run["run_dir"], faulted_run["records"], faulted_run["rerun"]
+    before, after = faulted_run["served"]
+    assert after == before, "a forced rerun sent requests the ledger already answered"
+    assert rerun["teacher"]["rejected_by_reason"] == records["teacher"]["rejected_by_reason"]
+    questions = table(run_dir, "questions")
     n = questions.num_rows
     scores, difficulty = table(run_dir, "scores"), table(run_dir, "difficulty")
     traces, curated = table(run_dir, "traces"), table(run_dir, "curated")
@@ -331,27 +347,15 @@ def test_undecided_after_errors_never_reaches_the_teacher(ingested: tuple[Path, 
 
 
 def test_lineage_accounts_for_every_pool_question_and_export_round_trips(
-    ingested: tuple[Path, CurationConfig], tmp_path: Path
+    faulted_run: dict[str, Any], tmp_path: Path
 ) -> None:
     import datasets
 
-    from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
     from curation.store.catalog import connect
     from curation.store.export import ExportError, export_table
     from curation.store.runstore import RunStore
 
-    run_dir, _ = ingested
-    server_cfg = RehearsalConfig(
-        pool=str(run_dir / "tables" / "questions"),
-        latency_ms=0,
-        latency_jitter_ms=0,
-        reasoning_tokens_mean=40,
-        model_correct_rates=SCORER_RATES,
-        correct_rate=0.5,
-        faults=FaultRates(length=0.2),
-    )
-    with RehearsalServer(server_cfg) as server:
-        records = run_pipeline(CurationConfig.model_validate(llm_config(server.url, max_attempts=1)), run_dir)
+    run_dir, records = faulted_run["run_dir"], faulted_run["rerun"]  # the tables are the forced rerun's
     con = connect(RunStore(str(run_dir)))
     n = con.execute("SELECT count(*) FROM questions").fetchall()[0][0]
     lineage = dict(
@@ -368,10 +372,12 @@ def test_lineage_accounts_for_every_pool_question_and_export_round_trips(
         "easy", 0
     )
     teacher_drops = {r: c for (status, stage, r), c in lineage.items() if stage == "teacher"}
-    assert teacher_drops == records["teacher"]["rejected_by_reason"]
-    assert teacher_drops.get("truncated", 0) > 0  # length-cut traces are dropped, never accepted
-    truncated = con.execute("SELECT count(*) FROM traces WHERE outcome = 'truncated' AND accepted").fetchall()
-    assert truncated == [(0,)]
+    assert teacher_drops == records["teacher"]["rejected_by_reason"] and teacher_drops
+    # Length-cut traces are never accepted (a question whose last attempt was cut is dropped as truncated).
+    truncated = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE accepted) FROM traces WHERE outcome = 'truncated'"
+    ).fetchall()
+    assert truncated[0][0] > 0 and truncated[0][1] == 0
 
     curated = RunStore(str(run_dir)).read_table("curated")
     for fmt, name in (("jsonl", "c.jsonl"), ("parquet", "c.parquet"), ("hf", "c_hf")):
@@ -383,7 +389,7 @@ def test_lineage_accounts_for_every_pool_question_and_export_round_trips(
             loaded = datasets.load_dataset(
                 "json" if fmt == "jsonl" else "parquet", data_files=str(path), split="train"
             )
-        assert loaded.num_rows == curated.num_rows
+        assert loaded.num_rows == curated.num_rows, (fmt, path)
         assert sorted(loaded["qid"]) == sorted(curated.column("qid").to_pylist())
         assert {"prompt", "reasoning", "distilled_answer_string", "text", "answer_letter"} <= set(
             loaded.column_names
