@@ -78,7 +78,7 @@ def main() -> int:
                 seen[(pid, start)] = [ticks, ticks, kind(cmd), first]
             else:
                 entry[1] = ticks
-                if entry[2].endswith("default_worker.py") or entry[2] == "ray::IDLE":
+                if entry[2].endswith(("default_worker.py", "setup_worker.py")) or entry[2] == "ray::IDLE":
                     entry[2] = kind(cmd)  # a Ray worker takes the name of what it runs
 
     def loop() -> None:

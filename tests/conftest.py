@@ -13,10 +13,13 @@ import pytest
 
 from curation.jobenv import local_ray_env
 
-# No hub access here, no telemetry, and no Ray token auth for local test clusters.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# No hub access here, no telemetry, and no Ray token auth for local test clusters. Ray's workers inherit these
+# from the process that starts the cluster: the session's Ray gets no runtime_env, with which Ray would start every
+# worker through setup_worker.py, a second Python start-up (20 actors: 22-25 -> 13-14 busy CPU-s; a suite run
+# starts ~240 workers in its session clusters).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -92,7 +95,6 @@ def ray_local() -> Iterator[None]:
             include_dashboard=False,
             _temp_dir=temp_dir,
             log_to_driver=False,
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}},
         )
     yield
 
