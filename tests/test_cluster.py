@@ -299,12 +299,17 @@ def test_sft_as_a_job_with_the_packaged_config(
     assert f"Job '{job_id}' succeeded" in out, out[-3000:]
     assert "[sft] demo-tiny: 3 optimizer steps" in out
     m = manifest(run_dir)
-    logged = RunStore(str(run_dir), create=False).read_table("sft_metrics")
-    logged = logged.select(["step", "attempt", "logged_at", "loss"]).to_pylist()
+    metrics = RunStore(str(run_dir), create=False).read_table("sft_metrics").to_pylist()
+    logged = [{k: r[k] for k in ("step", "attempt", "logged_at", "loss")} for r in metrics]
     assert m["tables"]["sft_metrics"]["rows"] == 3, (
         logged,
         out[-4000:],
     )  # once seen 4 under load: why, if so
+    # An unpacked DDP fit's rows (test_sft_train's runs are sharded and packed): 4 examples a step, in batches
+    # of 2 that are padded, with a gradient.
+    assert [r["step"] for r in metrics] == [1, 2, 3]
+    assert all(r["examples"] == 4 and r["tokens"] > r["label_tokens"] > 0 for r in metrics)
+    assert all(0 < r["padding_share"] < 1 and r["grad_norm"] > 0 for r in metrics)
     assert m["tables"]["sft_metrics"]["written_by"]["ray_job"] == job_id  # which job (and code) wrote it
     assert re.fullmatch(r"[0-9a-f]{16}", m["tables"]["sft_metrics"]["written_by"]["code_hash"])
     checkpoints = sorted(
