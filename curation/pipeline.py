@@ -37,7 +37,7 @@ from curation.jobenv import local_ray_env, portable_paths, provenance
 from curation.readers import HF_PREFIX, IngestError, fingerprint, parse_hf_path
 from curation.rundir import run_exit_cleanups
 from curation.stages import PIPELINE
-from curation.store.runstore import RunStore, TableVersion, utc_now
+from curation.store.runstore import RunStore, TableVersion, store_unreachable, utc_now
 
 
 @dataclass(frozen=True)
@@ -479,7 +479,12 @@ def run_stages(
         try:
             result = stage.run(StageContext(store, cfg, input_hash, resources_by_stage[stage.name]))
             result.check_accounting(stage.name)
-        except BaseException:
+        except BaseException as failure:
+            if store_unreachable(failure):  # gc would wait out the store's retries, then fail the same way
+                log(
+                    f"[{stage.name}] the object store does not answer: the next run removes this stage's files"
+                )
+                raise
             try:
                 store.gc()  # the failed stage's uncommitted versions and scratch; committed tables are untouched
             except OSError as exc:

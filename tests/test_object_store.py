@@ -289,6 +289,8 @@ def test_the_endpoint_going_down_mid_stage_leaves_the_previous_commit(
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2, stdout[-2000:] + stderr[-3000:]
     assert "Traceback" not in stderr and "AWS_ENDPOINT_URL" in stderr, stderr[-3000:]
+    # It fails at once: no clean-up waits out the dead store's retries (the next run's gc removes the leftovers).
+    assert "[ingest] the object store does not answer: the next run removes" in stdout, stdout[-2000:]
     after = RunStore(run, create=False)
     assert after.manifest == before  # nothing half-committed: the previous versions are current
     n = before["tables"]["questions"]["rows"]

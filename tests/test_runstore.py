@@ -134,7 +134,7 @@ def test_missing_table_files_are_reported(tmp_path):
 
 
 def test_store_hint_tells_a_dead_endpoint_from_refused_credentials() -> None:
-    from curation.store.runstore import store_hint
+    from curation.store.runstore import store_hint, store_unreachable
 
     # A real message from CI: the proxy's port 40369 holds "403", which once read as refused credentials.
     dead = OSError(
@@ -150,3 +150,6 @@ def test_store_hint_tells_a_dead_endpoint_from_refused_credentials() -> None:
     assert "AWS_ACCESS_KEY_ID" in store_hint(OSError("HTTP response code: 403 on key 'runs/x'"))
     assert store_hint(OSError("key 'runs/a403b/x' is not a directory")) == ""
     assert "create the bucket" in store_hint(OSError("Bucket 'b' not found"))
+    # Only a store that does not answer skips the clean-up after a failed stage (it would wait out the retries).
+    assert store_unreachable(dead) and not store_unreachable(denied)
+    assert not store_unreachable(ValueError("connect to the dots"))  # not an OSError: a bug, not the store

@@ -51,7 +51,7 @@ from curation.formats import (
 from curation.pipeline import Resources, Stage, StageContext, StageResult
 from curation.prompt import LABELS, new_shuffle_rng, qid
 from curation.readers import ChunkSpec, IngestError, fingerprint, plan_source, read_chunk
-from curation.store.runstore import TableVersion
+from curation.store.runstore import TableVersion, store_unreachable
 
 __all__ = [
     "IngestError",
@@ -572,11 +572,16 @@ class IngestStage(Stage):
                 raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
             written += [questions, rejects]
             clock.laps.update(laps)
-        except BaseException:
-            # Nothing of a failed run stays behind: not the staged rows, not a half-written table version.
-            _remove(store, scratch)
-            for version in written:
-                _remove(store, version.path)
+        except BaseException as exc:
+            # Nothing of a failed run stays behind: not the staged rows, not a half-written table version. Unless
+            # the store itself stopped answering: then the stage's own error is the one to show at once, and the
+            # next run's gc removes these (they are in no manifest).
+            if not store_unreachable(exc):
+                for rel in [scratch, *(version.path for version in written)]:
+                    try:
+                        _remove(store, rel)
+                    except OSError:
+                        break  # the store failed now: keep the stage's error; the next run's gc cleans up
             raise
         _remove(store, scratch)
         return StageResult(

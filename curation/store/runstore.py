@@ -75,16 +75,24 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         ) from None
 
 
+NETWORK_ERRORS = ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "connect to", "timed out")
+
+
+def store_unreachable(exc: BaseException) -> bool:
+    """Whether an error is an object store that does not answer (pyarrow's message names the network failure).
+
+    Cleaning up after such a failure would only wait out the store's own retries (~6 s per file operation)
+    before failing the same way; the next run's :meth:`RunStore.gc` removes what was left."""
+    return isinstance(exc, OSError) and any(code in str(exc) for code in NETWORK_ERRORS)
+
+
 def store_hint(exc: BaseException) -> str:
     """What to check for an object-store error, from pyarrow's message ('' when nothing specific applies)."""
     text = str(exc)
     if "not found" in text and "Bucket" in text:
         return "; create the bucket first (m1 never creates buckets), or fix its name"
     # Network first: a failed connection's message names host:port, and a port such as 40369 holds "403".
-    if any(
-        code in text
-        for code in ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "connect to", "timed out")
-    ):
+    if any(code in text for code in NETWORK_ERRORS):
         return (
             "; the object store does not answer: check AWS_ENDPOINT_URL (or the default endpoint), the network, "
             "and retry (committed stages are kept; a rerun resumes after them)"
