@@ -435,9 +435,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"m1 {args.command}: this subcommand is not available in this installation")
     from pydantic import ValidationError
 
-    # deferred: pyarrow, Ray and duckdb load only with the command that needs them (the CLI starts light)
-    from curation.config import format_validation_error
-
     def fail(message: str, code: int = 2) -> int:
         # Every message passes the secret scrubber: whatever raised it, a key never reaches the terminal.
         print(f"m1 {args.command}: {redact_secrets(message)}", file=sys.stderr)
@@ -455,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         return fail(str(exc))
     except ValidationError as exc:
+        # deferred: curation.config imports every engine's config (aiohttp, pyarrow): only for a bad config
+        from curation.config import format_validation_error
+
         return fail(format_validation_error(exc))
     except (
         FileNotFoundError,
