@@ -1,7 +1,7 @@
 """vLLM replicas as Ray Data actors, with real vLLM (CPU) and the tiny model.
 
-One engine run per scenario (an engine load costs seconds even in eager mode): the module fixture runs a
-mixed request set once and several tests check its result.
+One engine run per scenario (an engine load costs seconds even in eager mode, ~14 CPU-s with vLLM's import): the
+module fixtures run a mixed request set once per replica kind, and several tests check each result.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 import schemas
 from curation.engines.ledger import Ledger
-from curation.engines.request import make_request, requests_table
+from curation.engines.request import make_request, requests_table, responses_table
 from curation.engines.vllm_engine import VLLMEngineConfig, generate, sampling_kwargs
 
 MAX_MODEL_LEN = 512
@@ -33,7 +33,7 @@ def _engine_cfg(model: Path, **overrides: Any) -> VLLMEngineConfig:
         "batch_size": 8,
         "engine_kwargs": {"enforce_eager": True},
         # The engine core in the actor's process (the CPU default): loads in ~3 s instead of ~17 s. A child
-        # process (the GPU default) has its own test below.
+        # process (the GPU default) runs the mixed request sets below.
     }
     return VLLMEngineConfig(**(base | overrides))
 
@@ -66,19 +66,35 @@ def _mixed_requests() -> tuple[list[dict[str, Any]], dict[str, str]]:
     return requests, errors
 
 
-def _mixed_run(cfg: VLLMEngineConfig, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def _other_requests() -> list[dict[str, Any]]:
+    """A second model's requests: the first six completion prompts of the mixed set, with the same (seeded)
+    sampling params."""
+    prompts = [r["prompt"] for r in _mixed_requests()[0] if r["key"].startswith("c")][:6]
+    return [make_request(f"b{i}", "tiny-b", prompt=p, **COMPLETION_PARAMS) for i, p in enumerate(prompts)]
+
+
+def _mixed_run(
+    cfg: VLLMEngineConfig, tmp_path_factory: pytest.TempPathFactory, other: VLLMEngineConfig | None = None
+) -> dict[str, Any]:
+    """The mixed request set through ``cfg``. With ``other``: a second model's pool feeds the same dataset beside
+    it (its own ledger), and its rows are returned apart, under "other"."""
     import ray.data
 
     requests, errors = _mixed_requests()
     ledger_uri = str(tmp_path_factory.mktemp("vllm-ledger"))
-    ds = ray.data.from_arrow(requests_table(requests))
-    responses = _collect(generate(ds, cfg, ledger_uri))
+    out = generate(ray.data.from_arrow(requests_table(requests)), cfg, ledger_uri)
+    other_ledger = str(tmp_path_factory.mktemp("vllm-ledger-b"))
+    if other is not None:
+        out = out.union(generate(ray.data.from_arrow(requests_table(_other_requests())), other, other_ledger))
+    rows = _collect(out)
+    is_other = pc.equal(rows.column("model"), "tiny-b")
     return {
         "requests": requests,
         "errors": errors,
-        "responses": responses,
+        "responses": rows.filter(pc.invert(is_other)),
         "ledger": Ledger(ledger_uri),
         "in_flight": cfg.batches_in_flight,
+        "other": {"rows": rows.filter(is_other).to_pylist(), "ledger_uri": other_ledger},
     }
 
 
@@ -86,8 +102,16 @@ def _mixed_run(cfg: VLLMEngineConfig, tmp_path_factory: pytest.TempPathFactory) 
 def mixed_run(
     ray_local: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    """One synchronous vllm.LLM call per batch and params group (the default)."""
-    return _mixed_run(_engine_cfg(tiny_model_dir), tmp_path_factory)
+    """One synchronous vllm.LLM call per batch and params group, the engine core in a child process (the GPU
+    default), beside a second model's pool in the same dataset (test_two_models_in_one_pipeline). Half a CPU
+    each: both pools fit the 2-CPU test cluster with room for Ray Data's own tasks."""
+    from curation.devtools.tiny_model import build_tiny_model
+
+    other_model = build_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), seed=1)
+    cfg = _engine_cfg(tiny_model_dir, engine_core_process=True, cpus_per_replica=0.5)
+    # Batches of 3, flushed to the ledger every 2 rows: each batch writes 2 shards.
+    other = _engine_cfg(other_model, cpus_per_replica=0.5, batch_size=3, flush_every_rows=2)
+    return _mixed_run(cfg, tmp_path_factory, other)
 
 
 @pytest.fixture(scope="module")
@@ -216,37 +240,21 @@ def test_batches_in_flight_need_the_child_process_core() -> None:
 
 
 @pytest.mark.slow
-def test_two_models_in_one_pipeline(
-    ray_local: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """Two engines (two models, two actor pools) feeding one Dataset, running side by side."""
-    import ray.data
-
-    from curation.devtools.tiny_model import build_tiny_model
-
-    other_model = build_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), seed=1)
-    prompts = [f"Which of the following {i}" for i in range(6)]
-    params = {"temperature": 0.0, "max_tokens": 6}
-    reqs_a = [make_request(f"a{i}", "tiny-a", prompt=p, **params) for i, p in enumerate(prompts)]
-    reqs_b = [make_request(f"b{i}", "tiny-b", prompt=p, **params) for i, p in enumerate(prompts)]
-    # Half a CPU each: both pools fit the 2-CPU test cluster with room for Ray Data's own tasks.
-    cfg_a = _engine_cfg(tiny_model_dir, cpus_per_replica=0.5, batch_size=3, flush_every_rows=2)
-    cfg_b = _engine_cfg(other_model, cpus_per_replica=0.5, batch_size=4)
-    ledger_a = str(tmp_path_factory.mktemp("ledger-a"))
-
-    out_a = generate(ray.data.from_arrow(requests_table(reqs_a)), cfg_a, ledger_a)
-    out_b = generate(ray.data.from_arrow(requests_table(reqs_b)), cfg_b, None)
-    rows = _collect(out_a.union(out_b)).to_pylist()
-
-    assert sorted(r["key"] for r in rows) == sorted([f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)])
-    assert all(r["error"] is None and r["completion_tokens"] == 6 for r in rows)
-    text = {r["key"]: r["text"] for r in rows}
-    # Different weights, same prompts: the two models must not give the same greedy answers everywhere.
-    assert any(text[f"a{i}"] != text[f"b{i}"] for i in range(6))
-    assert {r["model"] for r in rows if r["key"].startswith("b")} == {"tiny-b"}
-    assert Ledger(ledger_a).read().num_rows == 6  # only engine A was given a ledger
+def test_two_models_in_one_pipeline(mixed_run: dict[str, Any]) -> None:
+    """Two engines (two models, two actor pools) feeding one Dataset, running side by side: the mixed set's
+    engine and a second model given the same seeded completion prompts."""
+    rows = mixed_run["other"]["rows"]
+    assert sorted(r["key"] for r in rows) == [f"b{i}" for i in range(6)]
+    assert all(r["error"] is None and r["completion_tokens"] >= 1 for r in rows)
+    # Different weights, same prompts and seed: the two models must not give the same answers everywhere.
+    by_prompt = {r["prompt"]: r["request_id"] for r in mixed_run["requests"] if r["key"].startswith("c")}
+    first_model = {r["request_id"]: r["text"] for r in mixed_run["responses"].to_pylist()}
+    prompts = {r["key"]: r["prompt"] for r in _other_requests()}
+    assert any(r["text"] != first_model[by_prompt[prompts[r["key"]]]] for r in rows)
+    ledger_b = mixed_run["other"]["ledger_uri"]
+    assert Ledger(ledger_b).read().num_rows == 6
     # Batches of 3 flushed every 2 rows: each batch wrote 2 shards.
-    assert len(list(Path(ledger_a).glob("*.parquet"))) == 4
+    assert len(list(Path(ledger_b).glob("*.parquet"))) == 4
 
 
 def test_sampling_kwargs() -> None:
@@ -281,12 +289,13 @@ def test_config_rejects_unknown_keys_and_too_few_gpus() -> None:
 def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     ray_local: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Salted attempts, a duplicate and a bad row stream through vLLM replicas; a rerun through `run_requests`
-    (the eager entry point, with the engine core in a child process, the GPU default) answers from the ledger
-    and generates only what is new; a rerun of the answered rows loads no engine."""
+    """Salted attempts, a duplicate and a bad row stream through vLLM replicas over a ledger that already answers
+    two of them (as a killed run leaves it): those come back from the ledger, the rest is generated; a rerun of
+    the answered rows loads no engine. (`run_requests`, the eager entry point, runs vLLM in test_classify.)"""
     import ray.data
 
-    from curation.engines import map_requests, run_requests
+    from curation.engines import map_requests
+    from curation.engines.request import response_row
 
     requests = [
         make_request(f"m{i}", "tiny", prompt=f"Patient {i} has", temperature=0, max_tokens=4)
@@ -301,6 +310,17 @@ def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     table = requests_table(requests)
     cfg = _engine_cfg(tiny_model_dir, batch_size=4)
     ledger_uri = str(tmp_path / "ledger")
+    # A prompt and one salted attempt were answered before: the ledger serves them, the other attempts of the
+    # same prompt (other salts) are generated.
+    seeded = {r["key"]: r for r in requests if r["key"] in ("m2", "s|0")}
+    Ledger(ledger_uri).append(
+        responses_table(
+            [
+                response_row(r, engine="vllm", text=f"seeded {k}", finish_reason="stop")
+                for k, r in seeded.items()
+            ]
+        )
+    )
 
     def run(rows: pa.Table = table, engine: VLLMEngineConfig = cfg) -> pa.Table:
         ds = ray.data.from_arrow([rows.slice(i, 4) for i in range(0, rows.num_rows, 4)])
@@ -311,30 +331,23 @@ def test_map_requests_streams_through_vllm_and_a_rerun_generates_nothing(
     assert Counter(first.column("key").to_pylist()) == Counter(table.column("key").to_pylist())
     rows = {r["key"]: r for r in first.to_pylist()}
     assert rows["bad"]["error"] and "temperature" in rows["bad"]["error"]
-    assert all(r["error"] is None and not r["cached"] for k, r in rows.items() if k != "bad")
+    assert all(r["error"] is None for k, r in rows.items() if k != "bad")
+    assert {k for k, r in rows.items() if r["cached"]} == set(seeded)
+    assert {k: rows[k]["text"] for k in seeded} == {k: f"seeded {k}" for k in seeded}
+    generated = [r for k, r in rows.items() if k not in seeded and k != "bad"]
+    assert len(generated) == 8 and all(
+        r["engine"] == "vllm" and r["completion_tokens"] > 0 for r in generated
+    )
     assert rows["m0-again"]["text"] == rows["m0"]["text"]
     assert len(Ledger(ledger_uri).answered_ids()) == 9  # 6 prompts + 3 salted attempts; the twin once
-
-    # One new salted attempt joins the rerun: the child-process core generates it, the rest is the ledger's.
-    new = make_request("s|3", "tiny", prompt="A salted prompt", temperature=0.9, max_tokens=4, _attempt=3)
-    rerun = pa.concat_tables([table, requests_table([new])])
-    child_core = _engine_cfg(tiny_model_dir, batch_size=4, engine_core_process=True)
-    second = _collect(run_requests(rerun, child_core, ledger_uri=ledger_uri, progress=False))
-    assert second.num_rows == rerun.num_rows
-    again = {r["key"]: r for r in second.to_pylist()}
-    assert all(r["cached"] for k, r in again.items() if k not in ("bad", "s|3")) and again["bad"]["error"]
-    assert again["s|3"]["error"] is None and not again["s|3"]["cached"] and again["s|3"]["engine"] == "vllm"
-    assert again["s|3"]["completion_tokens"] > 0
-    assert {k: r["text"] for k, r in again.items() if k != "s|3"} == {k: r["text"] for k, r in rows.items()}
-    assert len(Ledger(ledger_uri).answered_ids()) == 10
 
     # Every request in the ledger: no replica loads vLLM. This engine points at a model directory that does not
     # exist, so loading it would fail the run: a passing run proves no engine was loaded (request ids name the
     # request's model, not the engine's path).
-    answered = rerun.filter(pc.not_equal(rerun.column("key"), "bad"))
+    answered = table.filter(pc.not_equal(table.column("key"), "bad"))
     third = run(answered, _engine_cfg(tmp_path / "no-such-model", batch_size=4))
-    assert third.num_rows == answered.num_rows == rerun.num_rows - 1
+    assert third.num_rows == answered.num_rows == table.num_rows - 1
     assert all(r["cached"] and r["error"] is None for r in third.to_pylist())
     assert {r["key"]: r["text"] for r in third.to_pylist()} == {
-        k: r["text"] for k, r in again.items() if k != "bad"
+        k: r["text"] for k, r in rows.items() if k != "bad"
     }
