@@ -257,7 +257,7 @@ def faulty_server(latency_ms: float = 150, fault_share: float = 0.3) -> Rehearsa
 
 
 @pytest.mark.slow
-def test_three_kills_then_a_rerun_never_pay_twice_beyond_what_was_in_flight(tmp_path: Path) -> None:
+def test_two_kills_then_a_rerun_never_pay_twice_beyond_what_was_in_flight(tmp_path: Path) -> None:
     srv = faulty_server()
     url = srv.start()
     try:
@@ -271,8 +271,8 @@ def test_three_kills_then_a_rerun_never_pay_twice_beyond_what_was_in_flight(tmp_
             "backoff_base_s": 0.02,
             "backoff_max_s": 0.2,
         }
-        # Three kills (bench/bench_kill.py runs five, over 4,000 requests): two in a row can still lose a request.
-        outcome = run_with_kills(tmp_path, srv, kill_requests(n), cfg, kills=3, seed=7, kill_after=(0.5, 2.0))
+        # Two kills in a row (bench/bench_kill.py runs five, over 4,000 requests): a request can be lost by both.
+        outcome = run_with_kills(tmp_path, srv, kill_requests(n), cfg, kills=2, seed=7, kill_after=(0.5, 2.0))
     finally:
         srv.stop()
     print(json.dumps(outcome.__dict__, default=lambda o: o.__dict__, indent=1))
