@@ -61,11 +61,15 @@ if [ "$PRECOMPILE" = 1 ]; then
   SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   "$VENV/bin/python" -m compileall -q -j 0 "$SITE" > /dev/null 2>&1 || true
 fi
-# Fail here, not in the middle of a job, if the environment cannot run the pipeline.
-HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "$CHECK"
+# Fail here, not in the middle of a job, if the environment cannot run the pipeline. Beside it (each runs on one
+# core, and neither needs the other): compile the MinHash/decontamination numba kernels into their on-disk cache
+# now, once (~20 s), rather than in every Ray worker of the node's first run at the same time.
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "$CHECK" &
+import_check=$!
+"$VENV/bin/python" -m curation.devtools.warm_kernels &
+kernels=$!
+wait "$import_check"
+wait "$kernels"
 "$VENV/bin/python" -c "from curation.mesh.vocab import offline_csv_path; offline_csv_path()"
-# Compile the MinHash/decontamination numba kernels into their on-disk cache now, once (~20 s), rather than in
-# every Ray worker of the node's first run at the same time.
-"$VENV/bin/python" -m curation.devtools.warm_kernels
 "$VENV/bin/m1" --version
 echo "installed into $VENV; start Ray on this node with: VENV=$VENV cluster/start-node.sh head|worker ..."

@@ -3,11 +3,11 @@
 The nodes are started by cluster/start-node.sh (head plus a `--address` node, 2 CPUs each, own temp dirs, free
 loopback ports, a PATH without the venv) and stopped by the PIDs of their process groups. Jobs go through
 cluster/submit.sh. Checked:
-- the demo pipeline (the stages before the first LLM stage) as a job: its tables, exact accounting, and which
-  code ran (commit from the job metadata, code hash);
-- a resubmission from a working dir that Ray unpacks elsewhere resumes instead of recomputing;
-- the same pipeline, submitted with `ray job submit` itself, writing its run to an S3-compatible store
-  (moto_server on loopback);
+- the demo pipeline (the stages before the first LLM stage) as a job writing its run to an S3-compatible store
+  (moto_server on loopback): its tables, exact accounting, and which code ran (commit from the job metadata,
+  code hash);
+- a resubmission with `ray job submit` itself (entrypoint `m1`), from a working dir that Ray unpacks elsewhere,
+  resumes that run instead of recomputing;
 - `m1 sft` and `m1 eval` as jobs, on shared storage;
 - last (one cluster serves the module): the worker node's raylet SIGKILLed in the middle of an ingest: exact
   counts, and tables identical to the in-process reference ingest's (`ingest_in_process`).
@@ -141,22 +141,35 @@ def git_head() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def demo_run(
-    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, str, str, set[str]]:
-    run_dir = tmp_path_factory.mktemp("shared") / "demo"
+def demo_run(cluster: LocalCluster, s3_server: dict[str, str]) -> tuple[str, str, str, set[str]]:
+    """The demo pipeline's free stages as a job (cluster/submit.sh), its run on the loopback S3 store."""
+    from curation.devtools.loopback_s3 import create_bucket
+
+    run = f"{create_bucket(s3_server, 'm1-jobs')}/runs/demo"
     stages = ",".join(free_stages())
     before = git_head()
     job_id, out = submit(
-        cluster, "curate", "curation/configs/demo.yaml", "--stages", stages, "--run-dir", str(run_dir)
+        cluster, "curate", "curation/configs/demo.yaml", "--stages", stages, "--run-dir", run
     )
-    return run_dir, job_id, out, {h for h in (before, git_head()) if h}
+    return run, job_id, out, {h for h in (before, git_head()) if h}
 
 
-def test_demo_pipeline_as_a_job(cluster: LocalCluster, demo_run: tuple[Path, str, str, set[str]]) -> None:
-    run_dir, job_id, out, heads = demo_run
+@pytest.fixture
+def s3_env(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process (and the `m1 sql` it runs) reads the runs the jobs write to the loopback S3 store."""
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_demo_pipeline_as_a_job(
+    cluster: LocalCluster, demo_run: tuple[str, str, str, set[str]], s3_env: None
+) -> None:
+    from curation.store.runstore import RunStore
+
+    run, job_id, out, heads = demo_run
     assert f"Job '{job_id}' succeeded" in out
-    m = manifest(run_dir)
+    store = RunStore(run, create=False)
+    m = store.manifest
     check_accounting(m, free_stages())
     ingest = m["stages"]["ingest"]
     assert (
@@ -164,13 +177,12 @@ def test_demo_pipeline_as_a_job(cluster: LocalCluster, demo_run: tuple[Path, str
     )  # the sample pool: 341 rows, bad rows included
     # The tables answer SQL with the counts the manifest recorded.
     sql = subprocess.run(
-        [str(BIN / "m1"), "sql", str(run_dir), "SELECT count(*) AS n FROM questions", "--format", "json"],
+        [str(BIN / "m1"), "sql", run, "SELECT count(*) AS n FROM questions", "--format", "json"],
         capture_output=True,
         text=True,
-        check=True,
     )
-    assert json.loads(sql.stdout)["n"] == ingest["rows_out"]
-    assert table(run_dir, "questions").num_rows == ingest["rows_out"]
+    assert sql.returncode == 0, sql.stderr
+    assert json.loads(sql.stdout)["n"] == ingest["rows_out"] == store.read_table("questions").num_rows
     # Which code ran, although Ray ships no .git: the submitter's commit and the hash of the code itself.
     assert m["ray_job"] == job_id
     if heads:  # (others may commit to this checkout while the job runs: HEAD at submission time)
@@ -179,38 +191,6 @@ def test_demo_pipeline_as_a_job(cluster: LocalCluster, demo_run: tuple[Path, str
     # The job ran on the cluster's two nodes, and the stage really executed (was not skipped).
     assert cluster.alive_nodes() == 2
     assert "[ingest] running" in out
-
-
-def test_raw_ray_job_submit_with_m1_on_the_nodes_path_writes_its_run_to_s3(
-    cluster: LocalCluster, s3_bucket: str
-) -> None:
-    """The README's command without the wrapper, entrypoint `m1`: the console script resolves because
-    cluster/start-node.sh put the venv on the nodes' PATH (the nodes here start with a PATH that lacks it). The
-    demo pipeline's free stages, with --run-dir on the object store (test_object_store has the rest of
-    object-store runs): every table, the manifest and the catalog land there, readable by `m1 sql`."""
-    from curation.store.runstore import RunStore
-
-    run = f"{s3_bucket}/runs/job"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--working-dir", "."]
-    cmd += ["--runtime-env", "cluster/runtime_env.yaml", "--"]
-    cmd += ["m1", "curate", "demo", "--stages", ",".join(free_stages()), "--run-dir", run]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    job_id = submitted_job_id(out.stdout + out.stderr)
-    m = RunStore(run, create=False).manifest
-    check_accounting(m, free_stages())
-    assert m["stages"]["ingest"]["rows_in"] == 341 and cluster.alive_nodes() == 2
-    assert m["ray_job"] == job_id and re.fullmatch(r"[0-9a-f]{16}", m["code_hash"])
-    sql = subprocess.run(
-        [str(BIN / "m1"), "sql", run, "SELECT count(*) AS n FROM candidates", "--format", "json"],
-        capture_output=True,
-        text=True,
-    )
-    assert sql.returncode == 0 and json.loads(sql.stdout)["n"] == m["tables"]["candidates"]["rows"], (
-        sql.stderr
-    )
 
 
 def test_relative_run_dir_is_refused_as_a_job(cluster: LocalCluster) -> None:
@@ -231,26 +211,37 @@ def test_relative_run_dir_is_refused_as_a_job(cluster: LocalCluster) -> None:
     assert "Traceback" not in logs
 
 
-def test_resubmission_from_a_moved_working_dir_resumes(
-    cluster: LocalCluster, demo_run: tuple[Path, str, str, set[str]], tmp_path: Path
+def test_raw_ray_job_submit_from_a_moved_working_dir_resumes_the_s3_run(
+    cluster: LocalCluster, demo_run: tuple[str, str, str, set[str]], s3_env: None, tmp_path: Path
 ) -> None:
-    run_dir, first_job, _, _ = demo_run
-    before = manifest(run_dir)
-    # The same checkout elsewhere, one file added: Ray unpacks it under another _ray_pkg_<hash> folder.
+    """The README's command without the wrapper, entrypoint `m1`: the console script resolves because
+    cluster/start-node.sh put the venv on the nodes' PATH (the nodes here start with a PATH that lacks it). It runs
+    from a copy of the checkout, which Ray unpacks under another _ray_pkg_<hash> folder, and resumes the demo job's
+    run on the object store: every stage is skipped, nothing is rewritten."""
+    from curation.store.runstore import RunStore
+
+    run, first_job, _, _ = demo_run
+    before = RunStore(run, create=False).manifest
     copy = tmp_path / "checkout"
     shutil.copytree(REPO, copy, ignore=COPY_IGNORE)
     (copy / "NOTES.txt").write_text("a file that changes the working dir's package hash\n")
-    stages = ",".join(free_stages())
-    job_id, out = submit(
-        cluster,
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--working-dir", "."]
+    cmd += ["--runtime-env", "cluster/runtime_env.yaml", "--"]
+    cmd += [
+        "m1",
         "curate",
         "curation/configs/demo.yaml",
         "--stages",
-        stages,
+        ",".join(free_stages()),
         "--run-dir",
-        str(run_dir),
-        root=copy,
-    )
+        run,
+    ]
+    proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    job_id = submitted_job_id(out)
     first_pkg = job_info(cluster, first_job)["runtime_env"]["working_dir"]
     second_pkg = job_info(cluster, job_id)["runtime_env"]["working_dir"]
     assert first_pkg != second_pkg  # really unpacked elsewhere
@@ -258,9 +249,18 @@ def test_resubmission_from_a_moved_working_dir_resumes(
         -3000:
     ]
     assert "[ingest] running" not in out
-    after = manifest(run_dir)
+    after = RunStore(run, create=False).manifest
     assert after["stages"]["ingest"] == before["stages"]["ingest"]
     assert after["tables"] == before["tables"]
+    assert cluster.alive_nodes() == 2
+    sql = subprocess.run(
+        [str(BIN / "m1"), "sql", run, "SELECT count(*) AS n FROM candidates", "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert sql.returncode == 0 and json.loads(sql.stdout)["n"] == after["tables"]["candidates"]["rows"], (
+        sql.stderr
+    )
 
 
 # ---- m1 sft and m1 eval as jobs, the same way ------------------------------------------------------------
