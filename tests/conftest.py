@@ -36,18 +36,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # The heaviest modules first, by their measured seconds under two workers (pytest --junitxml, stop 26; an order by
 # stop 27's durations ran no faster). `make test` runs `--dist loadscope --no-loadscope-reorder`: xdist hands out
 # whole modules in this order, so each module's fixtures (clusters, SFT runs, servers, engines) are built once, and
-# no heavy module starts last while the other worker idles. The order only changes wall time; a module missing here
-# runs after these, in collection order.
+# no heavy module starts last while the other worker idles. The modules with clusters of their own (OWN_CLUSTERS,
+# among the heaviest) come before every module that uses the session's Ray: each worker then starts its session
+# Ray once, instead of stopping and restarting it (~10 CPU-s each time, its Ray Data actors included) whenever it
+# moves on to one of them. The order only changes wall time; a module missing here runs after these, in collection
+# order.
 HEAVIEST_FIRST = (
-    "test_sft_train",
     "test_cluster",
-    "test_object_store",
-    "test_vllm_engine",
     "test_demo",
+    "test_object_store",
+    "test_teacher_kill",
+    "test_sft_train",
+    "test_vllm_engine",
     "test_pay_once",
     "test_vllm_serve",
     "test_eval_sweep",
-    "test_teacher_kill",
     "test_llm_stages",
     "test_openai_engine",
     "test_classify",
@@ -74,6 +77,7 @@ def free_port() -> int:
 # session's cluster is stopped when one of them begins, rather than idling beside them (a local Ray with its idle
 # workers takes ~0.06 CPU-s a second), and started again by the next module that asks for it (~5 CPU-s).
 OWN_CLUSTERS = frozenset({"test_cluster", "test_object_store", "test_demo", "test_teacher_kill"})
+assert set(HEAVIEST_FIRST[: len(OWN_CLUSTERS)]) == OWN_CLUSTERS, "modules with their own clusters run first"
 
 
 def _session_ray_running() -> bool:
