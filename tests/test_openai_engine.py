@@ -459,55 +459,6 @@ def _wait_until_quiet(srv: RehearsalServer, quiet_s: float = 1.5, timeout: float
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_rerun_pays_nothing_twice(ray_local: None, tmp_path: Path) -> None:
-    srv = RehearsalServer(RehearsalConfig(latency_ms=100, latency_jitter_ms=20, reasoning_tokens_mean=30))
-    url = srv.start()
-    try:
-        requests = requests_table(_requests(600, "kill"))
-        ledger = tmp_path / "ledger"
-        cfg = {
-            "base_url": url,
-            "max_concurrency": 8,
-            "flush_every_rows": 20,
-            "flush_every_s": 0.3,
-            "actor_num_cpus": 0.25,
-        }
-        proc = _spawn_client(tmp_path, requests, cfg, ledger, tmp_path / "never.parquet")
-        try:
-            _wait_for_ledger(ledger, 100, proc)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        before = _wait_until_quiet(srv)
-        ledgered = set(Ledger(str(ledger)).answered_ids().to_pylist())
-        assert 100 <= len(ledgered) < 600
-        resumed = _collect(
-            run_requests(requests, OpenAIEngineConfig(**cfg), ledger_uri=str(ledger), progress=False)
-        )
-        after = srv.stats()
-    finally:
-        srv.stop()
-    for rid in ledgered:  # already paid: zero more attempts
-        assert after["attempts_by_request"][rid] == before["attempts_by_request"][rid], rid
-    assert after["requests_total"] - before["requests_total"] == 600 - len(ledgered)
-    assert sum(resumed.column("cached").to_pylist()) == len(ledgered)
-
-    reference_server = RehearsalServer(RehearsalConfig(latency_ms=1, reasoning_tokens_mean=30))
-    ref_url = reference_server.start()
-    try:
-        reference = send_local(requests, _cfg(ref_url), str(tmp_path / "reference-ledger"))
-    finally:
-        reference_server.stop()
-
-    def canonical(t: pa.Table) -> list[tuple]:
-        return sorted(zip(*(t.column(c).to_pylist() for c in ("request_id", "key", "text")), strict=True))
-
-    assert canonical(resumed) == canonical(reference)
-
-
-@pytest.mark.slow
 def test_ctrl_c_stops_issuing_keeps_finished_rows_and_says_so(ray_local: None, tmp_path: Path) -> None:
     srv = RehearsalServer(RehearsalConfig(latency_ms=100, latency_jitter_ms=20, reasoning_tokens_mean=30))
     url = srv.start()

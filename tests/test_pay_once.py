@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.devtools.rehearse import FaultRates, RehearsalConfig, RehearsalServer
-from curation.engines import Ledger, make_request, requests_table, responses_table
+from curation.engines import Ledger, OpenAIEngineConfig, make_request, requests_table, responses_table
+from curation.engines.openai_engine import send_local
 from curation.engines.request import response_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,8 @@ class Outcome:
     repaid_total: int = 0  # requests answered successfully more than once, over all runs
     extra_answers: int = 0  # successful answers beyond one per request
     max_answers: int = 0
+    answered_before_final: int = 0  # ids the ledger answered when the first run after the kills began
+    cached_in_final: int = 0  # rows that run served from the ledger
     wall_s: float = 0.0
 
 
@@ -213,7 +216,8 @@ def run_with_kills(
                 unrecorded=sum(1 for rid in served if rid not in answered),
             )
         )
-    for _ in range(max_final_runs):
+    outcome.answered_before_final = len(Ledger(ledger).answered_ids())
+    for attempt in range(max_final_runs):
         out = tmp / "final.parquet"
         proc, ray_tmp = _spawn(tmp, requests_path, cfg, ledger, out)
         rc = proc.wait(600)
@@ -221,6 +225,8 @@ def run_with_kills(
         shutil.rmtree(ray_tmp, ignore_errors=True)
         assert rc == 0, (tmp / "driver.err").read_text()[-3000:]
         final = pq.read_table(out)
+        if attempt == 0:
+            outcome.cached_in_final = sum(final.column("cached").to_pylist())
         after = Counter(srv.stats()["successes_by_request"])
         served_by_run.append(after - before)
         before = after
@@ -291,6 +297,27 @@ def test_two_kills_then_a_rerun_never_pay_twice_beyond_what_was_in_flight(tmp_pa
     # Every answer beyond the first is one a kill lost (a request can be lost by two kills in a row).
     assert outcome.extra_answers == sum(r.repaid for r in outcome.kills)
     assert outcome.served_total == n + outcome.extra_answers
+    # The run after the kills served from the ledger exactly what the killed runs had recorded, and the answers
+    # are the ones an uninterrupted run gets (a clean server with the same answers, no faults, no kill).
+    assert 0 < outcome.answered_before_final < n
+    assert outcome.cached_in_final == outcome.answered_before_final
+    reference_server = RehearsalServer(
+        RehearsalConfig(latency_ms=1, reasoning_tokens_mean=30, reasoning_tokens_max=300)
+    )
+    ref_url = reference_server.start()
+    try:
+        reference = send_local(
+            kill_requests(n),
+            OpenAIEngineConfig(base_url=ref_url, max_concurrency=64),
+            str(tmp_path / "reference"),
+        )
+    finally:
+        reference_server.stop()
+
+    def canonical(t: pa.Table) -> list[tuple]:
+        return sorted(zip(*(t.column(c).to_pylist() for c in ("request_id", "key", "text")), strict=True))
+
+    assert canonical(pq.read_table(tmp_path / "final.parquet")) == canonical(reference)
 
 
 # ---- write-ahead segments, directly --------------------------------------------------------------------------
