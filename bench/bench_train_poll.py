@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,16 +52,26 @@ print("RESULT", json.dumps({{"fit_s": fit_s[0], "run_s": time.perf_counter() - t
 """
 
 
-def run_once(interval: str, model: str, steps: int) -> dict[str, float]:
+def busy_seconds() -> float:
+    """The machine's busy CPU so far (/proc/stat): every process a run starts counts."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(env_overrides: dict[str, str], model: str, steps: int) -> dict[str, float]:
+    """One fit in a fresh process with its own local Ray: `fit()` and whole-run seconds, and the machine's busy
+    CPU-seconds around it (its Ray processes included)."""
     env = dict(
         os.environ,
-        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=interval,
         RAY_AUTH_MODE="disabled",
         HF_HUB_OFFLINE="1",
         RAY_USAGE_STATS_ENABLED="0",
         RAY_DATA_DISABLE_PROGRESS_BARS="1",
+        **env_overrides,
     )
     with tempfile.TemporaryDirectory(prefix="m1-poll-") as tmp:
+        busy = busy_seconds()
         out = subprocess.run(
             [sys.executable, "-c", CHILD.format(root=str(ROOT)), tmp, model, str(steps)],
             capture_output=True,
@@ -68,31 +79,57 @@ def run_once(interval: str, model: str, steps: int) -> dict[str, float]:
             env=env,
             timeout=900,
         )
+        time.sleep(2)  # the cluster's processes wind down
+        busy = busy_seconds() - busy
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if out.returncode != 0 or line is None:
-        raise SystemExit(f"run at {interval} s failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-    return json.loads(line.removeprefix("RESULT "))
+        raise SystemExit(f"run with {env_overrides} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    return {**json.loads(line.removeprefix("RESULT ")), "busy_s": busy}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def alternate(
+    doc: str, settings: dict[str, dict[str, str]]
+) -> tuple[argparse.Namespace, dict[str, list[dict[str, float]]]]:
+    """Parse --rounds/--steps, build the tiny model once, and run each setting once per round, in turn (the
+    machine's drift falls on all of them); returns the arguments and each setting's results."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from curation.devtools.tiny_model import build_tiny_model
 
-    with tempfile.TemporaryDirectory(prefix="m1-poll-model-") as tmp:
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
+    with tempfile.TemporaryDirectory(prefix="m1-train-model-") as tmp:
         model = str(build_tiny_model(Path(tmp) / "tiny"))
-        runs: dict[str, list[dict[str, float]]] = {"2.0": [], "0.25": []}
         for r in range(args.rounds):
-            for interval in runs:
-                result = run_once(interval, model, args.steps)
-                runs[interval].append(result)
+            for name, env in settings.items():
+                result = run_child(env, model, args.steps)
+                runs[name].append(result)
                 print(
-                    f"round {r + 1}, poll {interval:>4} s: fit() {result['fit_s']:.1f} s, run {result['run_s']:.1f} s"
+                    f"round {r + 1}, {name:>8}: fit() {result['fit_s']:.1f} s, run {result['run_s']:.1f} s, "
+                    f"busy {result['busy_s']:.1f} CPU-s",
+                    flush=True,
                 )
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("fit_s", "run_s")} for k, v in runs.items()}
+    return args, runs
+
+
+def medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {
+        k: {m: statistics.median(x[m] for x in v) for m in ("fit_s", "run_s", "busy_s")}
+        for k, v in runs.items()
+    }
+
+
+def main() -> None:
+    args, runs = alternate(
+        __doc__,
+        {
+            "2.0": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"},
+            "0.25": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"},
+        },
+    )
+    med = medians(runs)
     ratio = med["0.25"]["fit_s"] / med["2.0"]["fit_s"]
     print(
         f"median fit(): {med['2.0']['fit_s']:.1f} s at 2 s (baseline), {med['0.25']['fit_s']:.1f} s at 0.25 s; "

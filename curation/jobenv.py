@@ -180,7 +180,8 @@ def provenance() -> dict[str, Any]:
 #   few remote calls a second on one machine. A cluster's own setting (RAY_ADDRESS) is left alone.
 # - No Ray Train preemption watcher (a machine of one's own is not drained by a cloud provider) and no Train metrics
 #   (this Ray starts without a dashboard, so nobody reads them): one helper actor and its worker start fewer per fit
-#   (bench/bench_train_helpers.py: busy CPU of a tiny 8-step fit, median 63.5 -> 60.5 CPU-s, ratio 0.95).
+#   (bench/bench_train_helpers.py, a tiny 8-step fit: `fit()` 0.94-0.97x in three runs; busy CPU within the
+#   machine's noise, 0.95-1.05x).
 LOCAL_RAY_ENV = {
     "RAY_worker_niceness": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
