@@ -83,8 +83,9 @@ def _mixed_run(
     requests, errors = _mixed_requests()
     ledger_uri = str(tmp_path_factory.mktemp("vllm-ledger"))
     out = generate(ray.data.from_arrow(requests_table(requests)), cfg, ledger_uri)
-    other_ledger = str(tmp_path_factory.mktemp("vllm-ledger-b"))
+    other_ledger = None
     if other is not None:
+        other_ledger = str(tmp_path_factory.mktemp("vllm-ledger-b"))
         out = out.union(generate(ray.data.from_arrow(requests_table(_other_requests())), other, other_ledger))
     rows = _collect(out)
     is_other = pc.equal(rows.column("model"), "tiny-b")
