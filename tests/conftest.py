@@ -144,11 +144,17 @@ def s3_server() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def s3_bucket(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh bucket on the session's S3 server, with this process's environment pointing at it; returns
-    ``s3://<bucket>``. Subprocesses get the same environment through os.environ."""
-    from curation.devtools.loopback_s3 import create_bucket
-
+def s3_env(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment points at the session's S3 server (endpoint and dummy credentials) for one
+    test; subprocesses get the same environment through os.environ."""
     for key, value in s3_server.items():
         monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: dict[str, str], s3_env: None) -> str:
+    """A fresh bucket on the session's S3 server, with this process's environment pointing at it (`s3_env`);
+    returns ``s3://<bucket>``."""
+    from curation.devtools.loopback_s3 import create_bucket
+
     return create_bucket(s3_server, "m1-test")

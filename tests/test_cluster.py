@@ -154,13 +154,6 @@ def demo_run(cluster: LocalCluster, s3_server: dict[str, str]) -> tuple[str, str
     return run, job_id, out, {h for h in (before, git_head()) if h}
 
 
-@pytest.fixture
-def s3_env(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process (and the `m1 sql` it runs) reads the runs the jobs write to the loopback S3 store."""
-    for key, value in s3_server.items():
-        monkeypatch.setenv(key, value)
-
-
 def test_demo_pipeline_as_a_job(
     cluster: LocalCluster, demo_run: tuple[str, str, str, set[str]], s3_env: None
 ) -> None:
