@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from proc_cpu import busy_seconds  # the machine's busy CPU (/proc/stat): every process a run starts counts
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
@@ -50,13 +52,6 @@ t = time.perf_counter()
 st.run_sft(load_sft_config(root / "sft.yaml"))
 print("RESULT", json.dumps({{"fit_s": fit_s[0], "run_s": time.perf_counter() - t}}))
 """
-
-
-def busy_seconds() -> float:
-    """The machine's busy CPU so far (/proc/stat): every process a run starts counts."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
 
 
 def run_child(env_overrides: dict[str, str], model: str, steps: int) -> dict[str, float]:
